@@ -1,0 +1,232 @@
+"""Typed configuration of an INF-LLaVA model, and presets.
+
+`InfLlavaConfig` is a transformers composite config: a `vision_config` (any transformers vision
+model, e.g. CLIP or SigLIP), a `text_config` (any transformers causal LM) and the fields of the two
+INF-LLaVA modules (arXiv 2407.16198, Sec. 3): the Dual-perspective Cropping Module (grid) and the
+Dual-perspective Enhancement Module (DEM). Every size is read from here; nothing in the model code
+hard-codes 336, 24, 1024 or 3.
+
+Presets: `official_config()` (CLIP ViT-L/14-336 + LLaMA-3-8B, as released) and `tiny_config()`
+(a few-KB model for tests and the demo).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# Vision model types whose CLS token is dropped (LLaVA's `mm_vision_select_feature: patch`).
+_VISION_TYPES_WITH_CLS = {"clip_vision_model"}
+
+CLIP_VIT_L_14_336 = dict(
+    model_type="clip_vision_model",
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=336,
+    patch_size=14,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    projection_dim=768,
+)
+
+# OpenAI CLIP normalisation (also the pad colour of expand2square, x 255).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class InfLlavaConfig(PreTrainedConfig):
+    r"""Configuration of `InfLlavaForConditionalGeneration`.
+
+    Fields (all validated in `__post_init__`):
+        vision_config: transformers config of the vision tower (default: CLIP ViT-L/14-336).
+        text_config: transformers config of the causal LM (default: LLaMA).
+        grid: (n_h, n_w) number of sub-images per side; the model input is n_h*S x n_w*S pixels for a
+            tower of input size S. Official: (3, 3).
+        vision_feature_layer: which hidden state of the tower is used (LLaVA's `mm_vision_select_layer`);
+            negative counts from the end (-2: output of the second-to-last layer). Later layers are
+            never computed (they are not even built).
+        drop_cls: drop the tower's first token (CLS). None: decided by the tower type.
+        vision_chunk_size: at most this many crops go through the tower in one call (bounds memory).
+        dem_num_heads: heads of the DEM cross-attention (official 8).
+        dem_ffn_ratio: the DEM bottleneck FFN is Linear(d, d/ratio) - GELU - Linear(d/ratio, d/2).
+        dem_share_attention: one attention module for both directions (official) or one per direction.
+        dem_downsample: how the n_h*h x n_w*w fused map returns to h x w. "bilinear": the official
+            `F.interpolate(bilinear, align_corners=False)`, which for an odd grid is a strided subsample;
+            "avgpool": the paper's average pooling over each n_h x n_w cell.
+        thumbnail_merge: how the thumbnail features meet the DEM output: "mean" (official, (t + d) / 2)
+            or "sum" (the paper's element-wise addition).
+        projector_type: "linear" or "mlp{N}x_gelu" (official "mlp2x_gelu").
+        image_token_id: id of the placeholder token in `input_ids` that image features replace.
+            It may lie outside the LM vocabulary: placeholder positions are never embedded.
+        image_mean / image_std / image_pad_color: pixel normalisation and expand2square colour.
+        template: prompt template of the processor: "llama3" (official), "plain" or "chat_template".
+    """
+
+    model_type = "infllava"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="clip_vision_model",
+            init_kwargs={k: v for k, v in CLIP_VIT_L_14_336.items() if k != "model_type"},
+        ),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    grid: list[int] | tuple[int, int] = (3, 3)
+    vision_feature_layer: int = -2
+    drop_cls: bool | None = None
+    vision_chunk_size: int = 32
+    dem_num_heads: int = 8
+    dem_ffn_ratio: int = 16
+    dem_share_attention: bool = True
+    dem_downsample: Literal["bilinear", "avgpool"] = "bilinear"
+    thumbnail_merge: Literal["mean", "sum"] = "mean"
+    projector_type: str = "mlp2x_gelu"
+    image_token_id: int = 128257
+    image_mean: list[float] | tuple[float, ...] = CLIP_MEAN
+    image_std: list[float] | tuple[float, ...] = CLIP_STD
+    template: Literal["llama3", "plain", "chat_template"] = "llama3"
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.grid = [int(g) for g in self.grid]
+        self.image_mean = [float(x) for x in self.image_mean]
+        self.image_std = [float(x) for x in self.image_std]
+        if self.text_config is not None and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+        self.validate_fields()
+
+    def validate_fields(self) -> None:
+        """Raise ValueError naming the first inconsistent field."""
+        if len(self.grid) != 2 or min(self.grid) < 1:
+            raise ValueError(f"grid must be two positive integers (n_h, n_w), got {self.grid!r}")
+        if self.dem_downsample not in ("bilinear", "avgpool"):
+            raise ValueError(f"dem_downsample must be 'bilinear' or 'avgpool', got {self.dem_downsample!r}")
+        if self.thumbnail_merge not in ("mean", "sum"):
+            raise ValueError(f"thumbnail_merge must be 'mean' or 'sum', got {self.thumbnail_merge!r}")
+        if self.template not in ("llama3", "plain", "chat_template"):
+            raise ValueError(f"template must be 'llama3', 'plain' or 'chat_template', got {self.template!r}")
+        if self.vision_chunk_size < 1:
+            raise ValueError(f"vision_chunk_size must be >= 1, got {self.vision_chunk_size}")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise ValueError("image_mean and image_std must be 3 numbers each, std > 0")
+        if self.vision_config is not None:
+            d = self.vision_config.hidden_size
+            if d % self.dem_num_heads:
+                raise ValueError(
+                    f"dem_num_heads={self.dem_num_heads} does not divide the tower width {d}"
+                )
+            if d % 2 or d < self.dem_ffn_ratio:
+                raise ValueError(f"tower width {d} must be even and >= dem_ffn_ratio={self.dem_ffn_ratio}")
+            layers = self.vision_config.num_hidden_layers
+            if not -(layers + 1) <= self.vision_feature_layer <= layers:
+                raise ValueError(
+                    f"vision_feature_layer={self.vision_feature_layer} is outside the tower's "
+                    f"{layers} layers"
+                )
+        if not (self.projector_type == "linear" or _parse_mlp_depth(self.projector_type)):
+            raise ValueError(f"projector_type must be 'linear' or 'mlp<N>x_gelu', got {self.projector_type!r}")
+
+    # ---- derived sizes (never stored) ----
+    @property
+    def tower_image_size(self) -> int:
+        """Input side S of one crop."""
+        return int(self.vision_config.image_size)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) of the high-resolution model input: (n_h * S, n_w * S)."""
+        return self.grid[0] * self.tower_image_size, self.grid[1] * self.tower_image_size
+
+    @property
+    def feature_grid(self) -> tuple[int, int]:
+        """(h, w) of the tower's patch grid for one crop."""
+        side = self.tower_image_size // int(self.vision_config.patch_size)
+        return side, side
+
+    @property
+    def num_image_tokens(self) -> int:
+        h, w = self.feature_grid
+        return h * w
+
+    @property
+    def drops_cls(self) -> bool:
+        if self.drop_cls is not None:
+            return bool(self.drop_cls)
+        return self.vision_config.model_type in _VISION_TYPES_WITH_CLS
+
+
+def _parse_mlp_depth(projector_type: str) -> int:
+    """'mlp2x_gelu' -> 2; 0 if it does not parse."""
+    if projector_type.startswith("mlp") and projector_type.endswith("x_gelu"):
+        middle = projector_type[3:-6]
+        if middle.isdigit() and int(middle) >= 1:
+            return int(middle)
+    return 0
+
+
+def official_config(**overrides) -> InfLlavaConfig:
+    """The released INF-LLaVA: CLIP ViT-L/14-336, 3x3 grid, LLaMA-3-8B-Instruct (+1 pad token)."""
+    text = dict(
+        model_type="llama",
+        vocab_size=128257,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        bos_token_id=128000,
+        eos_token_id=128009,
+        pad_token_id=128256,
+    )
+    kwargs = dict(vision_config=dict(CLIP_VIT_L_14_336), text_config=text, image_token_id=128257)
+    kwargs.update(overrides)
+    return InfLlavaConfig(**kwargs)
+
+
+def tiny_config(grid=(3, 3), image_size: int = 28, patch_size: int = 7, vocab_size: int = 300, **overrides) -> InfLlavaConfig:
+    """A tiny random model (a few hundred KB) for tests and the demo: CLIP-shaped tower, LLaMA LM."""
+    vision = dict(
+        model_type="clip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_act="quick_gelu",
+        projection_dim=16,
+    )
+    text = dict(
+        model_type="llama",
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    kwargs = dict(
+        vision_config=vision,
+        text_config=text,
+        grid=list(grid),
+        dem_num_heads=4,
+        dem_ffn_ratio=4,
+        image_token_id=vocab_size,  # outside the vocabulary, as the official -200 is
+    )
+    kwargs.update(overrides)
+    return InfLlavaConfig(**kwargs)

@@ -1,0 +1,159 @@
+"""Dual-perspective Enhancement Module (DEM, paper Sec. 3.3), as the released weights compute it.
+
+The sub-image features are put back at their 2D positions: the local crops tile a map L, the global
+crops interleave into a map G (both (n_h*h) x (n_w*w)). Then the two perspectives enhance each other
+with cross-attention on matching sub-grids, never over the whole map:
+  a (global-perspective enhancement): for each contiguous h x w block k, queries G[block k] attend to
+    keys/values L[block k] (= local crop k);
+  c (local-perspective enhancement): for each strided sub-grid (i, j), queries L[i::n_h, j::n_w] attend
+    to keys/values G[i::n_h, j::n_w] (= global crop (i, j)).
+Attention (official `MultiHeadedAttention`): q/k/v/out Linear(d, d) with bias, softmax(q k^T / sqrt(d/H)),
+then `LayerNorm(out(x) + q_input)`; one module serves both directions unless `dem_share_attention` is off.
+Fusion: `LayerNorm(cat[ffn_local(c), ffn_global(a)] + a + c)`, each ffn Linear(d, d/r)-GELU-Linear(d/r, d/2).
+Finally the (n_h*h) x (n_w*w) map returns to h x w:
+  "bilinear" (official): `F.interpolate(bilinear, align_corners=False)` at an exact ratio n samples source
+    position n*p + (n-1)/2: for odd n one position per cell (a strided subsample), for even n the mean of
+    the two middle positions;
+  "avgpool" (paper): the mean over each n_h x n_w cell.
+Everything after the attention is per position, so only the positions the downsampling reads are
+computed: the cells' offsets (i, j) in `sample_offsets`, their a-queries, their c-sub-grids, and only
+the global crops at those offsets are needed at all. For the official 3x3 grid: 1 of 9 global crops,
+576 of 5184 attention queries per direction, output identical to float rounding.
+
+Notation: B batch, K = n_h*n_w local crops, O sampled offsets, h x w crop feature grid, d width,
+M queries per block.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import InfLlavaConfig
+from .crops import tile_local
+
+
+class DEMAttention(nn.Module):
+    """Cross-attention with a post-residual LayerNorm (official `MultiHeadedAttention`)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.o_proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """query (X, Mq, d), context (X, Mk, d) -> (X, Mq, d)."""
+        X, Mq, d = query.shape
+        H = self.num_heads
+        q = self.q_proj(query).view(X, Mq, H, d // H).transpose(1, 2)  # (X, H, Mq, d/H)
+        k = self.k_proj(context).view(X, -1, H, d // H).transpose(1, 2)  # (X, H, Mk, d/H)
+        v = self.v_proj(context).view(X, -1, H, d // H).transpose(1, 2)
+        x = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(d/H), as the official code
+        x = x.transpose(1, 2).reshape(X, Mq, d)
+        return self.norm(self.o_proj(x) + query)
+
+
+class BottleneckFFN(nn.Module):
+    """Linear(d, d/r) - GELU - Linear(d/r, d/2) (official ffn_crop / ffn_stride)."""
+
+    def __init__(self, dim: int, ratio: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, dim // ratio)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(dim // ratio, dim // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def axis_samples(n: int, mode: str) -> tuple[list[int], list[float]]:
+    """Offsets inside a cell of n positions that the downsampling reads, and their weights."""
+    if mode == "avgpool":
+        return list(range(n)), [1.0 / n] * n
+    if n % 2:  # bilinear, align_corners=False, ratio n: source n*p + (n-1)/2 exactly
+        return [(n - 1) // 2], [1.0]
+    return [n // 2 - 1, n // 2], [0.5, 0.5]
+
+
+class DualPerspectiveEnhancement(nn.Module):
+    """forward(local (B, K, h, w, d), global_at_offsets (B, O, h, w, d)) -> (B, h, w, d)."""
+
+    def __init__(self, config: InfLlavaConfig):
+        super().__init__()
+        d = config.vision_config.hidden_size
+        self.grid = tuple(config.grid)
+        self.attn = DEMAttention(d, config.dem_num_heads)
+        self.local_attn = None if config.dem_share_attention else DEMAttention(d, config.dem_num_heads)
+        self.ffn_local = BottleneckFFN(d, config.dem_ffn_ratio)
+        self.ffn_global = BottleneckFFN(d, config.dem_ffn_ratio)
+        self.fuse_norm = nn.LayerNorm(d)
+        rows, row_w = axis_samples(self.grid[0], config.dem_downsample)
+        cols, col_w = axis_samples(self.grid[1], config.dem_downsample)
+        # (i, j) offsets of the sampled positions inside each n_h x n_w cell, row-major, and weights
+        self.sample_offsets = [(i, j) for i in rows for j in cols]
+        self.sample_weights = [wi * wj for wi in row_w for wj in col_w]
+
+    def forward(self, local_feats: torch.Tensor, global_feats: torch.Tensor) -> torch.Tensor:
+        B, K, h, w, d = local_feats.shape
+        O = len(self.sample_offsets)
+        if global_feats.shape != (B, O, h, w, d):
+            raise ValueError(
+                f"DEM expects global features at {O} offsets, shape {(B, O, h, w, d)}, "
+                f"got {tuple(global_feats.shape)}"
+            )
+        gh, gw = self.grid
+        local_attn = self.local_attn if self.local_attn is not None else self.attn
+
+        # a: queries G at the sampled positions, grouped by the local crop (block) they fall in.
+        idx, inv = _block_groups(self.grid, h, w, tuple(self.sample_offsets))
+        idx, inv = idx.to(local_feats.device), inv.to(local_feats.device)
+        K_, M = idx.shape
+        queries = global_feats.reshape(B, O * h * w, d)[:, idx.flatten()]  # (B, K*M, d)
+        a = self.attn(queries.view(B * K, M, d), local_feats.reshape(B * K, h * w, d))  # (B*K, M, d)
+        a = a.view(B, K * M, d)[:, inv].view(B, O, h, w, d)
+
+        # c: queries L on strided sub-grid (i, j) attend to global crop (i, j).
+        L = tile_local(local_feats, self.grid)  # (B, gh*h, gw*w, d)
+        queries = torch.stack([L[:, i::gh, j::gw] for i, j in self.sample_offsets], 1)  # (B, O, h, w, d)
+        c = local_attn(queries.reshape(B * O, h * w, d), global_feats.reshape(B * O, h * w, d))
+        c = c.view(B, O, h, w, d)
+
+        fused = self.fuse_norm(torch.cat([self.ffn_local(c), self.ffn_global(a)], -1) + a + c)
+        if O == 1:
+            return fused[:, 0]
+        weights = torch.tensor(self.sample_weights, dtype=torch.float32, device=fused.device)
+        return (fused.float() * weights.view(1, O, 1, 1, 1)).sum(1).to(fused.dtype)
+
+
+@lru_cache(maxsize=64)
+def _block_groups(grid: tuple[int, int], h: int, w: int, offsets: tuple[tuple[int, int], ...]):
+    """Group the a-branch queries by block.
+
+    Query t = o*h*w + p*w + q sits at map position (n_h*p + i, n_w*q + j) for offset o = (i, j); its
+    block is the local crop covering that position. Returns idx (K, M): the queries of each block,
+    padded by repeating one (padded results are never read), and inv (O*h*w): where query t's result
+    lies in the flattened (K*M) output.
+    """
+    gh, gw = grid
+    groups: list[list[int]] = [[] for _ in range(gh * gw)]
+    for o, (i, j) in enumerate(offsets):
+        for p in range(h):
+            for q in range(w):
+                block = ((gh * p + i) // h) * gw + (gw * q + j) // w
+                groups[block].append(o * h * w + p * w + q)
+    M = max(len(g) for g in groups)
+    idx = torch.zeros(len(groups), M, dtype=torch.long)
+    inv = torch.empty(len(offsets) * h * w, dtype=torch.long)
+    for k, g in enumerate(groups):
+        if g:
+            idx[k, : len(g)] = torch.tensor(g)
+            idx[k, len(g):] = g[0]
+            inv[torch.tensor(g)] = k * M + torch.arange(len(g))
+    return idx, inv

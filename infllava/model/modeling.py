@@ -1,0 +1,181 @@
+"""INF-LLaVA: image -> DCM crops -> vision tower -> DEM (+ thumbnail) -> projector -> causal LM.
+
+`InfLlavaForConditionalGeneration` is a transformers `PreTrainedModel` with `GenerationMixin`
+(KV cache, `generate`, batched left-padded prompts), assembled from replaceable parts:
+`vision_tower` (any transformers ViT), `dem`, `projector` and `language_model` (any transformers
+causal LM). Each `<image>` placeholder of the prompt is `num_image_tokens` copies of
+`config.image_token_id` in `input_ids`; those positions receive the image's features.
+
+Image encoding computes only what the output depends on (see `dem.py`): for the official 3x3 grid the
+tower sees the 9 local crops and 1 global crop (which is also exactly the thumbnail: bicubic at an
+exact odd ratio samples pixel n*k + (n-1)/2), instead of the official code's 19 crops.
+
+Notation: B images, K local crops, O sampled global crops, S crop side, h x w feature grid,
+T = h*w visual tokens per image, d tower width, D LM width, L sequence length.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, GenerationMixin, PreTrainedModel
+
+from ..config import InfLlavaConfig
+from .crops import global_crop, local_crops, resize_input, thumbnail
+from .dem import DualPerspectiveEnhancement
+from .projector import Projector
+from .vision_tower import VisionTower
+
+
+class InfLlavaPreTrainedModel(PreTrainedModel):
+    config: InfLlavaConfig
+    config_class = InfLlavaConfig
+    base_model_prefix = ""
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = []
+
+    def _init_weights(self, module):
+        std = getattr(self.config.get_text_config(), "initializer_range", 0.02)
+        if isinstance(module, nn.Linear):
+            module.weight.data.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.data.normal_(0.0, std)
+        else:
+            super()._init_weights(module)
+
+
+class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin):
+    def __init__(self, config: InfLlavaConfig):
+        super().__init__(config)
+        self.vision_tower = VisionTower(
+            config.vision_config, config.vision_feature_layer, config.drops_cls, config.vision_chunk_size
+        )
+        self.dem = DualPerspectiveEnhancement(config)
+        self.projector = Projector(
+            config.projector_type, config.vision_config.hidden_size, config.text_config.hidden_size
+        )
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.post_init()
+
+    # ---- plumbing the LM expects ----
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def get_decoder(self):
+        return self.language_model.get_decoder()
+
+    # ---- vision path ----
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> merged visual features before the projector, (B, T, d)."""
+        cfg = self.config
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values must be (B, 3, H, W), got {tuple(pixel_values.shape)}")
+        grid, S = tuple(cfg.grid), cfg.tower_image_size
+        x = resize_input(pixel_values, cfg.input_size)  # (B, 3, gh*S, gw*S)
+        offsets = self.dem.sample_offsets
+        crops = [local_crops(x, grid)]  # (B, K, 3, S, S)
+        crops.append(torch.stack([global_crop(x, grid, i, j) for i, j in offsets], 1))  # (B, O, 3, S, S)
+        # The thumbnail is global crop ((gh-1)/2, (gw-1)/2) exactly when the grid is odd and x is the input.
+        centre = ((grid[0] - 1) // 2, (grid[1] - 1) // 2)
+        thumb_is_crop = x is pixel_values and grid[0] % 2 == 1 and grid[1] % 2 == 1 and centre in offsets
+        if not thumb_is_crop:
+            crops.append(thumbnail(pixel_values, S).unsqueeze(1))  # (B, 1, 3, S, S)
+        crops = torch.cat(crops, 1)
+        B, N = crops.shape[:2]
+        K, O = grid[0] * grid[1], len(offsets)
+        h, w = cfg.feature_grid
+        feats = self.vision_tower(crops.flatten(0, 1))  # (B*N, T, d)
+        if feats.shape[1] != h * w:
+            raise ValueError(f"vision tower returned {feats.shape[1]} tokens per crop, expected {h}x{w}")
+        feats = feats.view(B, N, h, w, -1)
+        dem_out = self.dem(feats[:, :K], feats[:, K : K + O]).flatten(1, 2)  # (B, T, d)
+        thumb = feats[:, K + offsets.index(centre)] if thumb_is_crop else feats[:, -1]
+        thumb = thumb.flatten(1, 2)
+        if cfg.thumbnail_merge == "mean":
+            return torch.stack([thumb, dem_out], -1).mean(-1)
+        return thumb + dem_out
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> projected visual tokens (B, T, D)."""
+        return self.projector(self.encode_images(pixel_values))
+
+    def embed_inputs(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None,
+                     image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with the image placeholders replaced by visual tokens. -> (B, L, D).
+
+        Images fill the placeholder runs in reading order (row by row). Either `pixel_values` or
+        precomputed `image_features` (B_img, T, D) may be given.
+        """
+        is_image = input_ids == self.config.image_token_id
+        embeds = self.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
+        n_slots = int(is_image.sum())
+        if image_features is None and pixel_values is not None and n_slots:
+            image_features = self.get_image_features(pixel_values)
+        n_images = 0 if image_features is None else image_features.shape[0]
+        T = self.config.num_image_tokens
+        if n_slots != n_images * T or (is_image.sum(1) % T).any():
+            raise ValueError(
+                f"the prompt holds {n_slots} image tokens ({n_slots / T:g} images of {T} tokens) but "
+                f"{n_images} image(s) were given; each <image> placeholder must expand to exactly {T} "
+                f"tokens of id {self.config.image_token_id} and match one image"
+            )
+        if n_slots:
+            embeds = embeds.masked_scatter(is_image.unsqueeze(-1), image_features.to(embeds.dtype))
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        image_features: torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_features)
+        elif pixel_values is not None:
+            raise ValueError("pixel_values cannot be combined with inputs_embeds (embed the images first)")
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+
+def register_auto_classes() -> None:
+    """Make `AutoConfig` / `AutoModelForImageTextToText` know model_type 'infllava'."""
+    try:
+        AutoConfig.register("infllava", InfLlavaConfig)
+    except ValueError:  # already registered
+        pass
+    try:
+        AutoModelForImageTextToText.register(InfLlavaConfig, InfLlavaForConditionalGeneration)
+    except ValueError:
+        pass

@@ -1,0 +1,61 @@
+"""Vision tower: a transformers vision model (CLIP, SigLIP, ...) returning patch features.
+
+- The selected hidden layer (`vision_feature_layer`, LLaVA's `mm_vision_select_layer`, default -2)
+  is the tower's output: the layers after it are not built, hence never computed, and the final
+  norm / pooling head are removed (LLaVA uses the raw hidden state).
+- The CLS token is dropped for towers that have one (`mm_vision_select_feature: patch`).
+- All crops of a batch go through the tower in one call, chunked to at most `chunk_size` crops.
+
+Notation: N crops, S crop side, T = h * w patch tokens, d tower width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from transformers import AutoModel, PreTrainedConfig
+
+
+class VisionTower(nn.Module):
+    """Wraps a transformers vision model. forward: (N, 3, S, S) -> (N, T, d)."""
+
+    def __init__(self, vision_config: PreTrainedConfig, feature_layer: int = -2, drop_cls: bool = True,
+                 chunk_size: int = 32):
+        super().__init__()
+        cfg = vision_config.__class__.from_dict(vision_config.to_dict())
+        if hasattr(cfg, "vision_use_head"):
+            cfg.vision_use_head = False  # SigLIP's attention-pooling head: unused
+        total = int(cfg.num_hidden_layers)
+        self.num_layers_used = feature_layer if feature_layer >= 0 else total + 1 + feature_layer
+        self.model = AutoModel.from_config(cfg)
+        transformer = _find_transformer(self.model)
+        transformer.encoder.layers = transformer.encoder.layers[: self.num_layers_used]
+        if hasattr(transformer, "post_layernorm"):
+            transformer.post_layernorm = nn.Identity()
+        self.hidden_size = int(cfg.hidden_size)
+        self.drop_cls = drop_cls
+        self.chunk_size = chunk_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pixel_values = pixel_values.to(self.dtype)
+        outs = []
+        for chunk in pixel_values.split(self.chunk_size):
+            hidden = self.model(pixel_values=chunk).last_hidden_state  # (n, [1 +] T, d)
+            outs.append(hidden[:, 1:] if self.drop_cls else hidden)
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
+def _find_transformer(model: nn.Module) -> nn.Module:
+    """The module holding `encoder.layers` (CLIPVisionModel itself, SiglipVisionModel.vision_model, ...)."""
+    for module in model.modules():
+        encoder = getattr(module, "encoder", None)
+        if encoder is not None and isinstance(getattr(encoder, "layers", None), nn.ModuleList):
+            return module
+    raise ValueError(
+        f"unsupported vision tower {type(model).__name__}: no `encoder.layers` found "
+        "(supported: ViT-style transformers vision models such as CLIP and SigLIP)"
+    )
