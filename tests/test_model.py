@@ -1,0 +1,266 @@
+"""Core model: crops, exactness against the official computation, generation, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForImageTextToText
+
+from helpers import paired_models
+from infllava import InfLlavaConfig, InfLlavaForConditionalGeneration, tiny_config
+from infllava.model.crops import global_crops, interleave_global, local_crops, thumbnail, tile_local
+from infllava.model.dem import axis_samples
+
+TOL = 1e-4
+
+
+# ---------------------------------------------------------------- DCM
+@pytest.mark.parametrize("grid", [(3, 3), (2, 3), (1, 1), (4, 2)])
+def test_crops_match_loops(grid):
+    gh, gw = grid
+    S = 5
+    x = torch.randn(2, 3, gh * S, gw * S)
+    loc, glo = local_crops(x, grid), global_crops(x, grid)
+    for i in range(gh):
+        for j in range(gw):
+            k = i * gw + j
+            assert torch.equal(loc[:, k], x[:, :, i * S:(i + 1) * S, j * S:(j + 1) * S])
+            assert torch.equal(glo[:, k], x[:, :, i::gh, j::gw])
+    # inverses on feature maps (B, K, h, w, d)
+    feats = torch.randn(2, gh * gw, 4, 3, 6)
+    L = tile_local(feats, grid)
+    G = interleave_global(feats, grid)
+    for i in range(gh):
+        for j in range(gw):
+            assert torch.equal(L[:, i * 4:(i + 1) * 4, j * 3:(j + 1) * 3], feats[:, i * gw + j])
+            assert torch.equal(G[:, i::gh, j::gw], feats[:, i * gw + j])
+
+
+def test_crop_grid_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="3x3 grid"):
+        local_crops(torch.zeros(1, 3, 10, 10), (3, 3))
+
+
+def test_thumbnail_is_the_central_global_crop():
+    """Bicubic at an exact odd ratio samples pixel n*k + (n-1)/2: the official thumbnail is global crop (1, 1)."""
+    x = torch.randn(1, 3, 1008, 1008)
+    assert torch.equal(thumbnail(x, 336), x[..., 1::3, 1::3])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_bilinear_downsample_reads_only_the_sampled_offsets(n):
+    h = 6
+    m = torch.randn(1, 2, n * h, n * h)
+    ref = F.interpolate(m, size=(h, h), mode="bilinear", align_corners=False)
+    offs, wts = axis_samples(n, "bilinear")
+    ours = sum(wi * wj * m[:, :, i::n, j::n] for i, wi in zip(offs, wts) for j, wj in zip(offs, wts))
+    assert (ref - ours).abs().max() < 1e-6
+
+
+# ---------------------------------------------------------------- exactness
+PARITY_CASES = {
+    "3x3 (official geometry, h not divisible by n)": dict(),
+    "3x3, 6x6 patch grid": dict(image_size=42, patch_size=7),
+    "2x2 even grid (two offsets per axis, extra thumbnail pass)": dict(grid=(2, 2)),
+    "4x4 even grid": dict(grid=(4, 4), image_size=28, patch_size=7),
+    "1x1": dict(grid=(1, 1)),
+    "avgpool (paper variant, full DEM)": dict(dem_downsample="avgpool"),
+    "select layer -1": dict(vision_feature_layer=-1),
+    "select layer 1": dict(vision_feature_layer=1),
+}
+
+
+@pytest.mark.parametrize("case", list(PARITY_CASES))
+def test_image_features_match_official(case):
+    ref, ours, cfg = paired_models(**PARITY_CASES[case])
+    px = torch.randn(2, 3, *cfg.input_size)
+    with torch.no_grad():
+        a, b = ref.get_image_features(px), ours.get_image_features(px)
+    assert a.shape == b.shape == (2, cfg.num_image_tokens, cfg.text_config.hidden_size)
+    assert (a - b).abs().max() <= TOL
+
+
+def test_input_of_other_size_is_resized_like_official():
+    ref, ours, cfg = paired_models()
+    px = torch.randn(1, 3, 2 * cfg.tower_image_size, 2 * cfg.tower_image_size)  # e.g. 672 for a 1008 model
+    with torch.no_grad():
+        assert (ref.get_image_features(px) - ours.get_image_features(px)).abs().max() <= TOL
+
+
+def test_tower_stops_at_the_selected_layer():
+    _, ours, cfg = paired_models()
+    assert len(ours.vision_tower.model.encoder.layers) == cfg.vision_config.num_hidden_layers - 1
+    assert not any("post_layernorm" in k for k in ours.state_dict())
+
+
+def test_only_needed_crops_go_through_the_tower():
+    _, ours, cfg = paired_models()
+    seen = []
+    hook = ours.vision_tower.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    with torch.no_grad():
+        ours.get_image_features(torch.randn(2, 3, *cfg.input_size))
+    hook.remove()
+    assert seen == [2 * 10]  # one batched call: 9 local + 1 global crop per image
+
+
+def test_logits_match_official_splice():
+    ref, ours, cfg = paired_models()
+    px = torch.randn(1, 3, *cfg.input_size)
+    text_before, text_after = [1, 17, 42, 5], [9, 33, 2, 7, 8]
+    T = cfg.num_image_tokens
+    ids = torch.tensor([text_before + [cfg.image_token_id] * T + text_after])
+    with torch.no_grad():
+        a = ref.logits(text_before + [-200] + text_after, px)
+        b = ours(input_ids=ids, pixel_values=px).logits
+    assert a.shape == b.shape
+    assert (a - b).abs().max() <= TOL
+
+
+def test_gradients_of_dem_and_projector_match_official():
+    ref, ours, cfg = paired_models()
+    px = torch.randn(1, 3, *cfg.input_size)
+    target = torch.randn(1, cfg.num_image_tokens, cfg.text_config.hidden_size)
+    for m in (ref, ours):
+        ((m.get_image_features(px) - target) ** 2).mean().backward()
+    pairs = [
+        (ref.spatial_embed.attention.linears[0].weight, ours.dem.attn.q_proj.weight),
+        (ref.spatial_embed.attention.linears[1].weight, ours.dem.attn.k_proj.weight),
+        (ref.spatial_embed.attention.ln.weight, ours.dem.attn.norm.weight),
+        (ref.spatial_embed.ffn_crop[0].weight, ours.dem.ffn_local.fc1.weight),
+        (ref.spatial_embed.ffn_stride[2].bias, ours.dem.ffn_global.fc2.bias),
+        (ref.spatial_embed.ln_fuse.weight, ours.dem.fuse_norm.weight),
+        (ref.mm_projector[0].weight, ours.projector.layers[0].weight),
+    ]
+    for r, o in pairs:
+        assert (r.grad - o.grad).abs().max() <= TOL * max(1.0, r.grad.abs().max().item())
+
+
+def test_unshared_attention_and_sum_merge_are_selectable():
+    cfg = tiny_config(dem_share_attention=False, thumbnail_merge="sum")
+    model = InfLlavaForConditionalGeneration(cfg).eval()
+    assert model.dem.local_attn is not None
+    out = model.get_image_features(torch.randn(1, 3, *cfg.input_size))
+    assert out.shape == (1, cfg.num_image_tokens, cfg.text_config.hidden_size)
+
+
+def test_siglip_tower_without_cls():
+    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, image_size=28, patch_size=7)
+    cfg = tiny_config(vision_config=vision)
+    assert not cfg.drops_cls
+    model = InfLlavaForConditionalGeneration(cfg).eval()
+    out = model.get_image_features(torch.randn(2, 3, *cfg.input_size))
+    assert out.shape == (2, 16, cfg.text_config.hidden_size)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(grid=(0, 3)), "grid"),
+    (dict(dem_num_heads=5), "dem_num_heads"),
+    (dict(dem_downsample="nearest"), "dem_downsample"),
+    (dict(projector_type="mlpx"), "projector_type"),
+    (dict(vision_feature_layer=-9), "vision_feature_layer"),
+])
+def test_bad_config_names_the_field(bad, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(**bad)
+
+
+# ---------------------------------------------------------------- placeholders
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    return InfLlavaForConditionalGeneration(cfg).eval(), cfg
+
+
+def _prompt(cfg, n_images=1, pre=(1, 11, 12), post=(13, 14)):
+    return list(pre) + [cfg.image_token_id] * (cfg.num_image_tokens * n_images) + list(post)
+
+
+def test_placeholder_image_count_mismatch(tiny):
+    model, cfg = tiny
+    ids = torch.tensor([_prompt(cfg, n_images=2)])
+    with pytest.raises(ValueError, match="2 images of 16 tokens.*1 image"):
+        model(input_ids=ids, pixel_values=torch.randn(1, 3, *cfg.input_size))
+    with pytest.raises(ValueError, match="0 image"):
+        model(input_ids=torch.tensor([_prompt(cfg)]))
+    partial = torch.tensor([[1, 2] + [cfg.image_token_id] * 5])
+    with pytest.raises(ValueError, match="exactly 16 tokens"):
+        model(input_ids=partial, pixel_values=torch.randn(1, 3, *cfg.input_size))
+
+
+def test_text_only_forward(tiny):
+    model, _ = tiny
+    out = model(input_ids=torch.tensor([[1, 5, 6, 7]]))
+    assert out.logits.shape == (1, 4, 300)
+
+
+# ---------------------------------------------------------------- generation
+def test_kv_cache_generation_equals_no_cache(tiny):
+    model, cfg = tiny
+    ids = torch.tensor([_prompt(cfg)])
+    px = torch.randn(1, 3, *cfg.input_size)
+    with torch.no_grad():
+        a = model.generate(input_ids=ids, pixel_values=px, max_new_tokens=6, do_sample=False)
+        b = model.generate(input_ids=ids, pixel_values=px, max_new_tokens=6, do_sample=False, use_cache=False)
+        # and a manual greedy loop through forward()
+        seq = ids
+        for _ in range(6):
+            nxt = model(input_ids=seq, pixel_values=px).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], 1)
+    assert torch.equal(a, b)
+    assert torch.equal(a, seq)
+
+
+def test_batched_left_padded_generation_equals_one_by_one(tiny):
+    model, cfg = tiny
+    prompts = [_prompt(cfg, pre=(1, 11)), _prompt(cfg, pre=(1, 21, 22, 23, 24, 25), post=(9,))]
+    px = torch.randn(2, 3, *cfg.input_size)
+    L = max(map(len, prompts))
+    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        batched = model.generate(input_ids=ids, attention_mask=mask, pixel_values=px, max_new_tokens=5,
+                                 do_sample=False)
+        for b, p in enumerate(prompts):
+            single = model.generate(input_ids=torch.tensor([p]), pixel_values=px[b:b + 1], max_new_tokens=5,
+                                    do_sample=False)
+            assert batched[b, L:].tolist() == single[0, len(p):].tolist()
+
+
+def test_precomputed_image_features_give_the_same_logits(tiny):
+    model, cfg = tiny
+    ids = torch.tensor([_prompt(cfg)])
+    px = torch.randn(1, 3, *cfg.input_size)
+    with torch.no_grad():
+        a = model(input_ids=ids, pixel_values=px).logits
+        b = model(input_ids=ids, image_features=model.get_image_features(px)).logits
+    assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- save / load
+def test_save_pretrained_round_trip_and_auto_classes(tiny, tmp_path):
+    model, cfg = tiny
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), InfLlavaConfig)
+    for loader in (InfLlavaForConditionalGeneration, AutoModelForImageTextToText):
+        loaded = loader.from_pretrained(tmp_path).eval()
+        assert isinstance(loaded, InfLlavaForConditionalGeneration)
+        ids = torch.tensor([_prompt(cfg)])
+        px = torch.randn(1, 3, *cfg.input_size)
+        with torch.no_grad():
+            assert torch.equal(model(input_ids=ids, pixel_values=px).logits,
+                               loaded(input_ids=ids, pixel_values=px).logits)
+    assert loaded.config.grid == cfg.grid and loaded.config.dem_num_heads == cfg.dem_num_heads
+
+
+def test_tied_embeddings_round_trip(tmp_path):
+    cfg = tiny_config(text_config=dict(tiny_config().text_config.to_dict(), tie_word_embeddings=True))
+    model = InfLlavaForConditionalGeneration(cfg)
+    lm = model.language_model
+    assert lm.lm_head.weight.data_ptr() == lm.model.embed_tokens.weight.data_ptr()
+    model.save_pretrained(tmp_path)
+    loaded = InfLlavaForConditionalGeneration.from_pretrained(tmp_path)
+    assert torch.equal(loaded.language_model.lm_head.weight, lm.lm_head.weight)
