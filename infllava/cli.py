@@ -1,0 +1,115 @@
+"""The `infllava` command. It only parses arguments and calls the library.
+
+    infllava chat MODEL_DIR --image IMG "question"     stream one answer
+    infllava chat MODEL_DIR [--image IMG]              multi-turn chat (/image PATH, /reset, /exit)
+    infllava convert-official SRC DST [--vision-tower DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _chat(args) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from .inference import ChatSession, load
+    from .processing import load_image
+
+    image = load_image(args.image) if args.image else None  # bad input fails before the model loads
+    hf_logging.disable_progress_bar()
+    model, processor = load(args.model_dir, device=args.device, dtype=args.dtype)
+    session = ChatSession(model, processor, image, max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature)
+
+    def stream(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    if args.question:
+        session.ask(" ".join(args.question), stream)
+        sys.stdout.write("\n")
+        return 0
+    print("infllava chat: type a question; /image PATH to change image, /reset, /exit.", file=sys.stderr)
+    while True:
+        try:
+            line = input("user> ").strip()
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            session.reset()
+            continue
+        if line.startswith("/image "):
+            try:
+                session.set_image(line[len("/image "):].strip())
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+            continue
+        sys.stdout.write("assistant> ")
+        session.ask(line, stream)
+        sys.stdout.write("\n")
+
+
+def _convert(args) -> int:
+    import torch
+
+    from .checkpoints import convert_official
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    report = convert_official(args.src, args.dst, vision_tower=args.vision_tower, grid=(args.grid, args.grid),
+                              dem_num_heads=args.dem_heads, dtype=dtype)
+    print(report.summary())
+    print(f"wrote {args.dst} (full report: {args.dst}/conversion_report.json)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="infllava", description="INF-LLaVA: dual-perspective high-resolution LLaVA")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("chat", help="answer questions about an image (streams the answer)")
+    c.add_argument("model_dir")
+    c.add_argument("question", nargs="*", help="a question; without one, an interactive chat starts")
+    c.add_argument("--image", help="image file")
+    c.add_argument("--max-new-tokens", type=int, default=256)
+    c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    c.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    c.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
+    c.set_defaults(func=_chat)
+
+    v = sub.add_parser("convert-official", help="convert an official INF-LLaVA checkpoint directory")
+    v.add_argument("src")
+    v.add_argument("dst")
+    v.add_argument("--vision-tower", default=None, help="local transformers CLIP directory")
+    v.add_argument("--grid", type=int, default=3, help="crops per side the checkpoint was trained with (3)")
+    v.add_argument("--dem-heads", type=int, default=8, help="DEM attention heads (official: 8)")
+    v.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="cast the weights")
+    v.set_defaults(func=_convert)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives an empty `question` when it follows --image; collect the words it left over
+    if extra and (args.command != "chat" or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.question = list(args.question) + extra
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as e:  # bad input: a message, not a traceback
+        print(f"infllava {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
