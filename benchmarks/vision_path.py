@@ -79,6 +79,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    if args.device == "cuda":  # exact fp32 (cuDNN convolutions default to TF32)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
     vision = dict(official_config().vision_config.to_dict(), num_hidden_layers=args.layers)
     text = dict(model_type="llama", vocab_size=16, hidden_size=4096, intermediate_size=64, num_hidden_layers=1,

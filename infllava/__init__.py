@@ -7,3 +7,7 @@ register_auto_classes()
 
 __version__ = "0.1.0"
 __all__ = ["InfLlavaConfig", "InfLlavaForConditionalGeneration", "official_config", "tiny_config"]
+
+from .inference import ChatSession, answer, load  # noqa: E402
+
+__all__ += ["ChatSession", "answer", "load"]

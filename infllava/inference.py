@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from transformers.generation.streamers import BaseStreamer
 
+from .checkpoints.official import check_shards
 from .model import InfLlavaForConditionalGeneration
 from .processing import InfLlavaProcessor, load_image, tokenize_with_images
 
@@ -39,6 +40,7 @@ def load(model_dir: str | Path, device: str | None = None, dtype: str | torch.dt
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json; not a model directory")
+    check_shards(path)
     device, dtype = resolve_device_dtype(device, dtype)
     model = InfLlavaForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
     processor = InfLlavaProcessor.from_pretrained(path)

@@ -52,7 +52,7 @@ class RefSpatialEmbed(nn.Module):
         h = w = int(round(hw ** 0.5))
         maps = [f.reshape(b, h, w, d) for f in feats]
         L = torch.cat([torch.cat(maps[r * n:(r + 1) * n], dim=2) for r in range(n)], dim=1)
-        G = torch.zeros(b, n * h, n * w, d, dtype=L.dtype)
+        G = torch.zeros(b, n * h, n * w, d, dtype=L.dtype, device=L.device)
         for i in range(n):
             for j in range(n):
                 G[:, i::n, j::n] = maps[n * n + i * n + j]

@@ -82,8 +82,8 @@ def map_key(key: str, key_map=OFFICIAL_KEY_MAP) -> str | None:
 
 
 # ---------------------------------------------------------------- reading checkpoints
-def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory: safetensors or .bin, single or sharded (with an index)."""
+def check_shards(directory: str | Path) -> None:
+    """Raise ConversionError naming any shard that a `*.index.json` in `directory` lists but is absent."""
     d = Path(directory)
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = d / index_name
@@ -92,10 +92,20 @@ def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError) as e:
                 raise ConversionError(f"{index}: not a valid shard index ({e})") from e
-            shards = sorted(set(weight_map.values()))
-            missing = [s for s in shards if not (d / s).exists()]
+            missing = sorted({s for s in weight_map.values() if not (d / s).exists()})
             if missing:
                 raise ConversionError(f"{d}: shard(s) listed in {index_name} are missing: {', '.join(missing)}")
+
+
+def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory: safetensors or .bin, single or sharded (with an index)."""
+    d = Path(directory)
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = d / index_name
+        if index.exists():
+            check_shards(d)
+            weight_map = json.loads(index.read_text())["weight_map"]
+            shards = sorted(set(weight_map.values()))
             sd: dict[str, torch.Tensor] = {}
             for shard in shards:
                 sd.update(_read_file(d / shard))
