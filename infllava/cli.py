@@ -3,6 +3,8 @@
     infllava chat MODEL_DIR --image IMG "question"     stream one answer
     infllava chat MODEL_DIR [--image IMG]              multi-turn chat (/image PATH, /reset, /exit)
     infllava convert-official SRC DST [--vision-tower DIR]
+    infllava train CONFIG.yaml [section.key=value ...]
+    infllava data check DATA --images DIR [--model MODEL_DIR]
 """
 
 from __future__ import annotations
@@ -69,6 +71,38 @@ def _convert(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from .training.config import load_config
+    from .training.trainer import train
+
+    cfg = load_config(args.config, args.overrides)  # every key and type checked before any work
+    final = train(cfg)
+    print(f"final model: {final}")
+    return 0
+
+
+def _data_check(args) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from .processing import InfLlavaProcessor
+    from .training.data import check_dataset
+
+    hf_logging.disable_progress_bar()
+    if args.model:
+        processor = InfLlavaProcessor.from_pretrained(args.model)
+    else:
+        from .config import tiny_config
+        from .tiny import make_tiny_tokenizer
+
+        processor = InfLlavaProcessor.from_config(tiny_config(), make_tiny_tokenizer())
+    template = args.template or processor.template
+    report = check_dataset(args.data, args.images, processor.tokenizer, template, processor.image_token_id,
+                           processor.num_image_tokens, args.max_length, processor.image_processor,
+                           verify_images=not args.no_verify_images)
+    print(report.format(max_ids=args.show))
+    return 0 if report.ok == report.total else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="infllava", description="INF-LLaVA: dual-perspective high-resolution LLaVA")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -91,6 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--dem-heads", type=int, default=8, help="DEM attention heads (official: 8)")
     v.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="cast the weights")
     v.set_defaults(func=_convert)
+
+    t = sub.add_parser("train", help="train a stage (pretrain / finetune) from a YAML config")
+    t.add_argument("config", help="YAML file (see configs/)")
+    t.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-5")
+    t.set_defaults(func=_train)
+
+    d = sub.add_parser("data", help="inspect training data")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dc = dsub.add_parser("check", help="report samples that training would skip")
+    dc.add_argument("data", help="LLaVA conversations (.json or .jsonl)")
+    dc.add_argument("--images", default=".", help="folder the image paths are relative to")
+    dc.add_argument("--model", default=None, help="model dir whose tokenizer and template to use (default: tiny)")
+    dc.add_argument("--template", default=None, choices=["llama3", "plain", "chat_template"])
+    dc.add_argument("--max-length", type=int, default=2048)
+    dc.add_argument("--show", type=int, default=5, help="sample ids shown per problem")
+    dc.add_argument("--no-verify-images", action="store_true", help="only check that image files exist")
+    dc.set_defaults(func=_data_check)
     return ap
 
 

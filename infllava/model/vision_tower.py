@@ -42,10 +42,13 @@ class VisionTower(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixel_values = pixel_values.to(self.dtype)
+        # a frozen tower (every stage of the official recipe) keeps no activations for backward
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         outs = []
-        for chunk in pixel_values.split(self.chunk_size):
-            hidden = self.model(pixel_values=chunk).last_hidden_state  # (n, [1 +] T, d)
-            outs.append(hidden[:, 1:] if self.drop_cls else hidden)
+        with torch.set_grad_enabled(grad):
+            for chunk in pixel_values.split(self.chunk_size):
+                hidden = self.model(pixel_values=chunk).last_hidden_state  # (n, [1 +] T, d)
+                outs.append(hidden[:, 1:] if self.drop_cls else hidden)
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 

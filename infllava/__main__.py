@@ -1,0 +1,7 @@
+"""`python -m infllava ...` (used by `accelerate launch -m infllava train ...` and torchrun)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

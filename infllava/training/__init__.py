@@ -1,0 +1,1 @@
+"""Training: data loading, labels, and the training loop of INF-LLaVA."""

@@ -1,0 +1,136 @@
+"""Assemble the model to train, and decide what trains in each stage.
+
+Stages (paper Sec. 4.1, official scripts):
+  pretrain: tower and LM frozen; DEM + projector trained.
+  finetune: tower frozen; DEM + projector + LM trained (or LoRA adapters on the LM, through peft).
+The tower never trains and runs without gradients.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..checkpoints.official import map_key
+from ..config import InfLlavaConfig, tiny_config
+from ..model import InfLlavaForConditionalGeneration
+from ..processing import InfLlavaProcessor
+from .config import ConfigError, RunConfig
+
+ADAPTER_FILE = "adapter.safetensors"  # DEM + projector weights (our stage-1 output)
+
+
+def build_model(cfg: RunConfig):
+    """(model, processor) in float32 on CPU, stage-1 adapter loaded if given."""
+    m = cfg.model
+    if m.preset == "tiny":
+        from ..tiny import make_tiny_tokenizer
+
+        config = tiny_config(**_dem_overrides(m))
+        model = InfLlavaForConditionalGeneration(config)
+        processor = InfLlavaProcessor.from_config(config, make_tiny_tokenizer())
+    elif m.base is not None:
+        model = InfLlavaForConditionalGeneration.from_pretrained(m.base, dtype=torch.float32)
+        processor = InfLlavaProcessor.from_pretrained(m.base)
+    else:
+        model, processor = _build_from_parts(m)
+    template = m.template or ("plain" if cfg.train.stage == "pretrain" else model.config.template)
+    processor.template = template
+    model.config.template = template
+    if m.adapter:
+        load_adapter(model, m.adapter)
+    return model, processor
+
+
+def _dem_overrides(m) -> dict:
+    out = dict(grid=list(m.grid), vision_feature_layer=m.vision_feature_layer, projector_type=m.projector_type,
+               dem_share_attention=m.dem_share_attention, dem_downsample=m.dem_downsample)
+    if m.dem_num_heads is not None:
+        out["dem_num_heads"] = m.dem_num_heads
+    if m.dem_ffn_ratio is not None:
+        out["dem_ffn_ratio"] = m.dem_ffn_ratio
+    return out
+
+
+def _build_from_parts(m):
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    vision_cfg = AutoConfig.from_pretrained(m.vision_tower)
+    vision_cfg = getattr(vision_cfg, "vision_config", vision_cfg)
+    lm = AutoModelForCausalLM.from_pretrained(m.language_model, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(m.tokenizer or m.language_model)
+    vocab = max(lm.config.vocab_size, len(tokenizer))
+    config = InfLlavaConfig(
+        vision_config=vision_cfg.to_dict(), text_config=lm.config.to_dict(), image_token_id=vocab,
+        template=m.template or "llama3",
+        **_dem_overrides(m),
+    )
+    model = InfLlavaForConditionalGeneration(config)
+    model.language_model.load_state_dict(lm.state_dict())
+    tower = AutoModel.from_pretrained(m.vision_tower, dtype=torch.float32)
+    tower = getattr(tower, "vision_model", tower) if not hasattr(tower, "encoder") else tower
+    wanted = model.vision_tower.model.state_dict()
+    src = {k.removeprefix("vision_model."): v for k, v in tower.state_dict().items()}
+    missing = sorted(set(wanted) - set(src))
+    if missing:
+        raise ConfigError(f"{m.vision_tower}: tower weights lack {missing[:5]}")
+    model.vision_tower.model.load_state_dict({k: src[k] for k in wanted})
+    return model, InfLlavaProcessor.from_config(config, tokenizer)
+
+
+def load_adapter(model: InfLlavaForConditionalGeneration, path: str | Path) -> None:
+    """Load DEM + projector weights: our adapter.safetensors (or a directory holding it) or the
+    official stage-1 `mm_projector.bin` (keys model.mm_projector.*, model.spatial_embed.*)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / ADAPTER_FILE
+    if not p.is_file():
+        raise ConfigError(f"model.adapter: {p} not found")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(p))
+    else:
+        sd = {map_key(k): v for k, v in torch.load(str(p), map_location="cpu", weights_only=True).items()}
+    wanted = {k for k in model.state_dict() if k.startswith(("dem.", "projector."))}
+    missing, unexpected = sorted(wanted - set(sd)), sorted(set(sd) - wanted)
+    if missing or unexpected:
+        raise ConfigError(f"model.adapter {p}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    own = model.state_dict()
+    for k, v in sd.items():
+        if v.shape != own[k].shape:
+            raise ConfigError(f"model.adapter {p}: {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+    model.load_state_dict(sd, strict=False)
+
+
+def adapter_state_dict(model: InfLlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+            if k.startswith(("dem.", "projector."))}
+
+
+def apply_stage(model: InfLlavaForConditionalGeneration, cfg: RunConfig) -> None:
+    """Freeze / unfreeze per stage; wrap the LM with LoRA when asked."""
+    t = cfg.train
+    model.requires_grad_(False)
+    model.dem.requires_grad_(True)
+    model.projector.requires_grad_(True)
+    if t.stage == "finetune":
+        if t.lora.enabled:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
+                              target_modules=list(t.lora.target_modules), bias="none")
+            model.language_model = get_peft_model(model.language_model, lora)
+        else:
+            model.language_model.requires_grad_(True)
+    if t.gradient_checkpointing and t.stage == "finetune":
+        model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.language_model.enable_input_require_grads() if t.lora.enabled else None
+
+
+def merge_lora(model: InfLlavaForConditionalGeneration) -> None:
+    """Fold LoRA adapters into the LM weights so the saved model loads without peft."""
+    lm = model.language_model
+    if hasattr(lm, "merge_and_unload"):
+        model.language_model = lm.merge_and_unload()

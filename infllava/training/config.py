@@ -1,0 +1,213 @@
+"""Typed training configuration: YAML file + `section.key=value` overrides, validated before any work.
+
+    model:   what to train (an infllava model dir, or a vision tower + a causal LM, or the tiny preset)
+    data:    LLaVA conversation file, image folder, max length
+    train:   stage, batch sizes, optimiser, schedule, precision, LoRA, checkpoints, logging
+
+An unknown key or a value of the wrong type is an error naming it (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    base: str | None = None  # an infllava model directory (save_pretrained / convert-official output)
+    preset: Literal["tiny"] | None = None  # "tiny": random tiny model + byte tokenizer (tests, CPU smoke runs)
+    vision_tower: str | None = None  # a transformers vision model directory (used when no base)
+    language_model: str | None = None  # a transformers causal LM directory (used when no base)
+    tokenizer: str | None = None  # default: the language model's (or base's) directory
+    adapter: str | None = None  # stage-1 weights to start from: our adapter.safetensors or official mm_projector.bin
+    grid: list[int] = field(default_factory=lambda: [3, 3])  # crops per side (built models only)
+    vision_feature_layer: int = -2
+    projector_type: str = "mlp2x_gelu"
+    dem_num_heads: int | None = None  # None: the preset's / InfLlavaConfig's default (8)
+    dem_ffn_ratio: int | None = None  # None: the preset's / InfLlavaConfig's default (16)
+    dem_share_attention: bool = True
+    dem_downsample: Literal["bilinear", "avgpool"] = "bilinear"
+    template: Literal["llama3", "plain", "chat_template"] | None = None  # default: stage's (plain / model's)
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # LLaVA conversations: .json list or .jsonl
+    images: str = "."  # folder the records' image paths are relative to
+    max_length: int = 2048  # samples whose answer would be cut are skipped (and counted)
+    num_workers: int = 2  # DataLoader workers (0: load in the main process)
+    group_by_modality_length: bool = True  # batches of one modality and similar length
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 64
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class TrainConfig:
+    stage: Literal["pretrain", "finetune"] = "pretrain"  # pretrain: DEM + projector; finetune: + LM (or LoRA)
+    output_dir: str = "runs/infllava"
+    epochs: float = 1.0
+    max_steps: int = 0  # > 0: stop after this many optimiser steps (overrides epochs)
+    global_batch_size: int = 256  # samples per optimiser step, over all processes
+    micro_batch_size: int = 16  # samples per forward pass per process; accumulation fills the rest
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    max_grad_norm: float = 1.0  # 0: no clipping
+    precision: Literal["fp32", "bf16"] = "bf16"
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    seed: int = 42
+    save_every: int = 500  # optimiser steps between checkpoints (0: only at the end)
+    keep_last: int = 2  # checkpoints kept
+    log_every: int = 10
+    report_to: list[str] = field(default_factory=list)  # "tensorboard", "wandb"
+    resume: str = "auto"  # "auto": latest checkpoint in output_dir if any; "none"; or a checkpoint path
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "RunConfig":
+        m, t = self.model, self.train
+        sources = sum(x is not None for x in (m.base, m.preset)) + (m.vision_tower is not None or m.language_model is not None)
+        if sources != 1:
+            raise ConfigError("model: give exactly one of model.base, model.preset, or model.vision_tower + model.language_model")
+        if (m.vision_tower is None) != (m.language_model is None):
+            raise ConfigError("model: model.vision_tower and model.language_model go together")
+        if not self.data.path:
+            raise ConfigError("data.path is required (a LLaVA .json or .jsonl file)")
+        if t.global_batch_size < 1 or t.micro_batch_size < 1:
+            raise ConfigError("train.global_batch_size and train.micro_batch_size must be >= 1")
+        if t.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+        if not 0 <= t.warmup_ratio < 1:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+        if t.keep_last < 1:
+            raise ConfigError("train.keep_last must be >= 1")
+        for r in t.report_to:
+            if r not in ("tensorboard", "wandb"):
+                raise ConfigError(f"train.report_to: unknown {r!r} (tensorboard, wandb)")
+        if t.lora.enabled and t.stage != "finetune":
+            raise ConfigError("train.lora.enabled needs train.stage: finetune")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- parsing
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read YAML, apply `a.b=value` overrides (values parsed as YAML), check every key and type."""
+    import yaml
+
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping with model / data / train")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+    return _build(RunConfig, raw, "").validate()
+
+
+def _build(cls, raw: Any, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown config key(s): {', '.join(prefix + u for u in unknown)} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(hints[name], value, key)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, key: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: must be one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")

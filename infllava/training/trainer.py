@@ -1,0 +1,322 @@
+"""The training loop: one process or many (accelerate: DDP; FSDP / DeepSpeed through `accelerate launch`).
+
+Data order is a pure function of (seed, epoch): optimiser step s reads samples
+order[s*G : (s+1)*G] (G = global batch), split into micro-batches of `micro_batch_size`, micro-batch
+m of process r taking slice m*world + r. So the same global batch gives the same update on 1 or N
+processes, and resuming at step s reads exactly the samples an uninterrupted run would.
+
+The loss of a step is the sum of token losses over the global batch divided by the number of
+supervised tokens in it (counted across processes before the backward passes), so it does not depend
+on how the batch is split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .build import ADAPTER_FILE, adapter_state_dict, apply_stage, build_model, merge_lora
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from .config import ConfigError, RunConfig
+from .data import SupervisedDataset, collate, grouped_order, load_records
+
+
+# Seconds to sleep after each step: lets the kill / Ctrl-C tests hit a run mid-way. Not for users.
+_STEP_DELAY = float(os.environ.get("INFLLAVA_TEST_STEP_DELAY", "0") or 0)
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    """Yields this process's micro-batches (lists of indices), step by step, from `start_step`."""
+
+    def __init__(self, order_fn, start_step, total_steps, steps_per_epoch, G, mb, world, rank):
+        self.order_fn, self.start, self.total = order_fn, start_step, total_steps
+        self.spe, self.G, self.mb, self.world, self.rank = steps_per_epoch, G, mb, world, rank
+
+    def __iter__(self):
+        ga = self.G // (self.mb * self.world)
+        for step in range(self.start, self.total):
+            order = self.order_fn(step // self.spe)
+            base = (step % self.spe) * self.G
+            for m in range(ga):
+                lo = base + (m * self.world + self.rank) * self.mb
+                yield order[lo: lo + self.mb]
+
+    def __len__(self):
+        return (self.total - self.start) * (self.G // (self.mb * self.world))
+
+
+def _lr_lambda(step: int, warmup: int, total: int, kind: str) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(cfg: RunConfig) -> Path:
+    """Run a stage; returns the directory of the final model (`OUTPUT/final`)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import set_seed
+
+    t = cfg.train
+    acc = Accelerator(
+        cpu=not torch.cuda.is_available(),  # on CPU, torchrun / accelerate launch give gloo DDP
+        mixed_precision="bf16" if t.precision == "bf16" else "no",
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    world, rank = acc.num_processes, acc.process_index
+    out = Path(t.output_dir)
+    set_seed(t.seed)  # the same initial weights on every process and every run
+    model, processor = build_model(cfg)
+    apply_stage(model, cfg)
+
+    records, problems = load_records(cfg.data.path)
+    pc = model.config
+    dataset = SupervisedDataset(records, cfg.data.images, processor.tokenizer, processor.image_processor,
+                                processor.template, pc.image_token_id, pc.num_image_tokens, cfg.data.max_length)
+    G, mb = t.global_batch_size, t.micro_batch_size
+    if G % (mb * world):
+        raise ConfigError(f"train.global_batch_size={G} is not a multiple of micro_batch_size x processes = {mb} x {world}")
+    steps_per_epoch = len(dataset) // G
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{len(dataset)} samples cannot fill one global batch of {G}")
+    total = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    lengths = dataset.lengths()
+
+    def order_fn(epoch, _cache={}):
+        if epoch not in _cache:
+            if cfg.data.group_by_modality_length:
+                _cache[epoch] = grouped_order(lengths, mb, t.seed, epoch)
+            else:
+                g = torch.Generator().manual_seed(t.seed * 1000 + epoch)
+                _cache[epoch] = torch.randperm(len(dataset), generator=g).tolist()
+        return _cache[epoch]
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=t.lr)
+    warmup = int(round(t.warmup_ratio * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_lr_lambda, warmup=warmup, total=total,
+                                                                      kind=t.scheduler))
+    state = {"step": 0, "samples": 0, "skipped": 0}
+    ckpt = _resume_path(t.resume, out)
+    if ckpt is not None:
+        state.update(load_checkpoint(ckpt, model, optimizer, scheduler))
+        acc.print(f"resumed from {ckpt} at step {state['step']}")
+    model, optimizer = acc.prepare(model, optimizer)
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=_StepBatches(order_fn, state["step"], total, steps_per_epoch, G, mb, world, rank),
+        collate_fn=partial(collate, pad_token_id=_pad_id(processor)), num_workers=cfg.data.num_workers,
+        persistent_workers=False,
+    )
+    log = _Logger(out, acc, t.report_to, cfg) if acc.is_main_process else None
+    stop = _StopFlag()
+    ga = G // (mb * world)
+    micro_iter = iter(loader)
+    model.train()
+    t0, samples_since = time.perf_counter(), 0
+    bar = _progress(acc, state["step"], total)
+    try:
+        while state["step"] < total:
+            micros = [next(micro_iter) for _ in range(ga)]
+            skipped = [s for b in micros for s in b["skipped"]]
+            n_local = sum(int((b["labels"][:, 1:] != -100).sum()) if b["labels"].numel() else 0 for b in micros)
+            counts = acc.reduce(torch.tensor([n_local, len(skipped)], device=acc.device), reduction="sum")
+            n_global = max(int(counts[0]), 1)
+            loss_sum = torch.zeros((), device=acc.device)
+            for i, b in enumerate(micros):
+                ctx = acc.no_sync(model) if i < ga - 1 else _nullctx()
+                with ctx:
+                    loss, s = _micro_loss(model, b, acc, n_global, world)
+                    acc.backward(loss)
+                    loss_sum += s
+            if t.max_grad_norm > 0:
+                acc.clip_grad_norm_(params, t.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            state["samples"] += G - int(counts[1])
+            state["skipped"] += int(counts[1])
+            samples_since += G
+            loss_value = float(acc.reduce(loss_sum.detach(), reduction="sum")) / n_global
+            if log:
+                for sid, why in skipped:
+                    log.skip(sid, why)
+                bar.update(1)
+                if state["step"] % t.log_every == 0 or state["step"] == total:
+                    dt = time.perf_counter() - t0
+                    rec = {"step": state["step"], "loss": round(loss_value, 6), "lr": scheduler.get_last_lr()[0],
+                           "samples_per_s": round(samples_since / dt, 3), "skipped_total": state["skipped"]}
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{rec['lr']:.2e}", sps=rec["samples_per_s"])
+                    log.metrics(rec)
+                    t0, samples_since = time.perf_counter(), 0
+            state["last_loss"] = loss_value
+            if (t.save_every and state["step"] % t.save_every == 0) or stop.requested or state["step"] == total:
+                _save(acc, out, model, optimizer, scheduler, state, cfg)
+            if _STEP_DELAY:
+                time.sleep(_STEP_DELAY)
+            if stop.requested:
+                acc.print(f"stopped at step {state['step']} (checkpoint saved); rerun to resume")
+                raise KeyboardInterrupt
+    finally:
+        stop.restore()
+        bar.close()
+        if log:
+            log.close()
+    final = out / "final"
+    if acc.is_main_process:
+        _save_final(acc.unwrap_model(model), processor, final)
+    acc.wait_for_everyone()
+    return final
+
+
+def _micro_loss(model, b, acc, n_global, world):
+    """(loss to backpropagate, summed token loss) for one micro-batch."""
+    if b["input_ids"].numel() == 0:  # everything skipped: a zero loss still joins the gradient sync
+        zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+        return zero, torch.zeros((), device=acc.device)
+    pixel_values = b["pixel_values"].to(acc.device) if b["pixel_values"] is not None else None
+    with acc.autocast():
+        logits = model(input_ids=b["input_ids"].to(acc.device), attention_mask=b["attention_mask"].to(acc.device),
+                       pixel_values=pixel_values).logits
+    labels = b["labels"].to(acc.device)
+    token_loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(),
+                                 ignore_index=-100, reduction="sum")
+    # DDP averages gradients over processes: scale so the result is the global per-token mean
+    return token_loss * world / n_global, token_loss.detach()
+
+
+def _save(acc, out, model, optimizer, scheduler, state, cfg):
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        st = dict(state, config=cfg.to_dict())
+        save_checkpoint(out, acc.unwrap_model(model), optimizer, scheduler, st, cfg.train.keep_last)
+    acc.wait_for_everyone()
+
+
+def _save_final(model, processor, final: Path) -> None:
+    from safetensors.torch import save_file
+
+    merge_lora(model)
+    model.requires_grad_(False)
+    if processor.template == "plain":  # a training-only format; chat with the model's conversation template
+        processor.template = model.config.template = _chat_template_for(processor.tokenizer)
+    final.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(final)
+    processor.save_pretrained(final)
+    save_file(adapter_state_dict(model), str(final / ADAPTER_FILE))
+
+
+def _chat_template_for(tokenizer) -> str:
+    if "<|eot_id|>" in tokenizer.get_vocab():
+        return "llama3"
+    return "chat_template" if getattr(tokenizer, "chat_template", None) else "llama3"
+
+
+def _resume_path(resume: str, out: Path):
+    if resume == "none":
+        return None
+    if resume == "auto":
+        found = list_checkpoints(out)
+        return found[-1] if found else None
+    p = Path(resume)
+    if not p.is_dir():
+        raise ConfigError(f"train.resume: {p} is not a checkpoint directory")
+    return p
+
+
+def _pad_id(processor) -> int:
+    tok = processor.tokenizer
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+class _StopFlag:
+    """First Ctrl-C / SIGTERM: finish the step, save, stop. Second Ctrl-C: stop at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread
+            pass
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step (saving a checkpoint); Ctrl-C again to stop at once", flush=True)
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _progress(acc, start, total):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", disable=not acc.is_main_process, dynamic_ncols=True)
+
+
+class _Logger:
+    """train.log (JSON lines: metrics and skipped samples), plus TensorBoard / W&B when asked."""
+
+    def __init__(self, out: Path, acc, report_to, cfg: RunConfig):
+        out.mkdir(parents=True, exist_ok=True)
+        self.file = open(out / "train.log", "a", buffering=1)
+        self.file.write(json.dumps({"event": "start", "processes": acc.num_processes, "config": asdict(cfg)}) + "\n")
+        self.tb = self.wandb = None
+        if "tensorboard" in report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ConfigError("train.report_to: tensorboard needs `pip install tensorboard`") from e
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        if "wandb" in report_to:
+            try:
+                import wandb
+            except ImportError as e:
+                raise ConfigError("train.report_to: wandb needs `pip install wandb`") from e
+            self.wandb = wandb.init(project="infllava", dir=str(out), config=asdict(cfg))
+
+    def metrics(self, rec: dict) -> None:
+        self.file.write(json.dumps(rec) + "\n")
+        if self.tb:
+            for k, v in rec.items():
+                if k != "step":
+                    self.tb.add_scalar(k, v, rec["step"])
+        if self.wandb:
+            self.wandb.log(rec, step=rec["step"])
+
+    def skip(self, sample_id, reason: str) -> None:
+        self.file.write(json.dumps({"event": "skip", "id": sample_id, "reason": reason}) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
