@@ -18,13 +18,10 @@ import os
 import platform
 import statistics
 import sys
-import threading
-import time
 from pathlib import Path
 
-if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # make freed tensors leave the RSS, so peaks are per call
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    os.execv(sys.executable, [sys.executable] + sys.argv)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import measure  # noqa: E402  (re-executes with malloc tuned for RSS peaks)
 
 import torch  # noqa: E402
 
@@ -33,38 +30,6 @@ from helpers import load_official_into  # noqa: E402
 from reference_official import OfficialReference  # noqa: E402
 
 from infllava import InfLlavaForConditionalGeneration, official_config  # noqa: E402
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def measure(fn, device: str):
-    """Run fn once; return (seconds, peak extra bytes, output)."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        t0 = time.perf_counter()
-        out = fn()
-        torch.cuda.synchronize()
-        return time.perf_counter() - t0, torch.cuda.max_memory_allocated() - base, out
-    base, peak, stop = rss_bytes(), [0], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_bytes())
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    t0 = time.perf_counter()
-    out = fn()
-    dt = time.perf_counter() - t0
-    stop.set()
-    sampler.join()
-    return dt, max(peak[0], rss_bytes()) - base, out
 
 
 def main() -> None:

@@ -165,11 +165,14 @@ def train(cfg: RunConfig) -> Path:
                     log.metrics(rec)
                     t0, samples_since = time.perf_counter(), 0
             state["last_loss"] = loss_value
-            if (t.save_every and state["step"] % t.save_every == 0) or stop.requested or state["step"] == total:
-                _save(acc, out, model, optimizer, scheduler, state, cfg)
             if _STEP_DELAY:
                 time.sleep(_STEP_DELAY)
-            if stop.requested:
+            stopping = stop.requested
+            if world > 1:  # a signal may reach only some processes: all stop together
+                stopping = bool(acc.reduce(torch.tensor(int(stopping), device=acc.device), reduction="sum"))
+            if (t.save_every and state["step"] % t.save_every == 0) or stopping or state["step"] == total:
+                _save(acc, out, model, optimizer, scheduler, state, cfg)
+            if stopping:
                 acc.print(f"stopped at step {state['step']} (checkpoint saved); rerun to resume")
                 raise KeyboardInterrupt
     finally:
