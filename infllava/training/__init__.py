@@ -1,1 +1,6 @@
-"""Training: data loading, labels, and the training loop of INF-LLaVA."""
+"""Training: LLaVA data and labels, typed config, stages, the loop, checkpoints."""
+
+from .config import ConfigError, RunConfig, load_config
+from .trainer import train
+
+__all__ = ["ConfigError", "RunConfig", "load_config", "train"]

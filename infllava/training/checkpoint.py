@@ -100,3 +100,30 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict:
     if rng.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return json.loads((path / "state.json").read_text())
+
+
+def save_sharded_checkpoint(acc, output_dir, state: dict, keep_last: int) -> Path:
+    """FSDP / DeepSpeed: every process writes its shards through `accelerator.save_state` into the
+    temporary folder; the main process adds state.json and renames it into place."""
+    root = checkpoint_dir(output_dir)
+    final = root / f"step-{state['step']:08d}"
+    tmp = root / f".tmp-step-{state['step']:08d}"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    try:
+        acc.save_state(str(tmp / "accelerate"))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (tmp / "state.json").write_text(json.dumps(state, indent=1))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in list_checkpoints(output_dir)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write checkpoint {final} ({e.strerror or e})") from e
+    return final

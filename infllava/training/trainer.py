@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .build import ADAPTER_FILE, adapter_state_dict, apply_stage, build_model, merge_lora
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from .config import ConfigError, RunConfig
 from .data import SupervisedDataset, collate, grouped_order, load_records
 
@@ -112,10 +112,17 @@ def train(cfg: RunConfig) -> Path:
                                                                       kind=t.scheduler))
     state = {"step": 0, "samples": 0, "skipped": 0}
     ckpt = _resume_path(t.resume, out)
-    if ckpt is not None:
+    sharded = _is_sharded(acc)
+    if ckpt is not None and not sharded:
         state.update(load_checkpoint(ckpt, model, optimizer, scheduler))
-        acc.print(f"resumed from {ckpt} at step {state['step']}")
     model, optimizer = acc.prepare(model, optimizer)
+    if sharded:  # FSDP / DeepSpeed: accelerate writes and reads the sharded states
+        acc.register_for_checkpointing(scheduler)
+        if ckpt is not None:
+            acc.load_state(str(ckpt / "accelerate"))
+            state.update(json.loads((ckpt / "state.json").read_text()))
+    if ckpt is not None:
+        acc.print(f"resumed from {ckpt} at step {state['step']}")
 
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=_StepBatches(order_fn, state["step"], total, steps_per_epoch, G, mb, world, rank),
@@ -181,7 +188,11 @@ def train(cfg: RunConfig) -> Path:
         if log:
             log.close()
     final = out / "final"
-    if acc.is_main_process:
+    if _is_sharded(acc):
+        full = acc.get_state_dict(model)  # gathered on the main process (all processes take part)
+        if acc.is_main_process:
+            _save_final(acc.unwrap_model(model), processor, final, full)
+    elif acc.is_main_process:
         _save_final(acc.unwrap_model(model), processor, final)
     acc.wait_for_everyone()
     return final
@@ -203,17 +214,27 @@ def _micro_loss(model, b, acc, n_global, world):
     return token_loss * world / n_global, token_loss.detach()
 
 
+def _is_sharded(acc) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
 def _save(acc, out, model, optimizer, scheduler, state, cfg):
     acc.wait_for_everyone()
-    if acc.is_main_process:
-        st = dict(state, config=cfg.to_dict())
+    st = dict(state, config=cfg.to_dict())
+    if _is_sharded(acc):
+        save_sharded_checkpoint(acc, out, st, cfg.train.keep_last)
+    elif acc.is_main_process:
         save_checkpoint(out, acc.unwrap_model(model), optimizer, scheduler, st, cfg.train.keep_last)
     acc.wait_for_everyone()
 
 
-def _save_final(model, processor, final: Path) -> None:
+def _save_final(model, processor, final: Path, gathered: dict | None = None) -> None:
     from safetensors.torch import save_file
 
+    if gathered is not None:  # sharded training: the full weights were gathered from the shards
+        model.load_state_dict(gathered, strict=False, assign=True)
     merge_lora(model)
     model.requires_grad_(False)
     if processor.template == "plain":  # a training-only format; chat with the model's conversation template
