@@ -57,6 +57,10 @@ class InfLlavaConfig(PreTrainedConfig):
         dem_downsample: how the n_h*h x n_w*w fused map returns to h x w. "bilinear": the official
             `F.interpolate(bilinear, align_corners=False)`, which for an odd grid is a strided subsample;
             "avgpool": the paper's average pooling over each n_h x n_w cell.
+        views: which views feed the visual tokens (ablations; the token count is the same for all):
+            "full" (DCM + DEM, as released); "thumbnail" (the low-resolution view only, LLaVA-1.5-like);
+            "local" (thumbnail + local crops, their map average-pooled per n_h x n_w cell, no DEM);
+            "global" (thumbnail + global crops, likewise: the mean of the global crops per position).
         thumbnail_merge: how the thumbnail features meet the DEM output: "mean" (official, (t + d) / 2)
             or "sum" (the paper's element-wise addition).
         projector_type: "linear" or "mlp{N}x_gelu" (official "mlp2x_gelu").
@@ -86,6 +90,7 @@ class InfLlavaConfig(PreTrainedConfig):
     dem_ffn_ratio: int = 16
     dem_share_attention: bool = True
     dem_downsample: Literal["bilinear", "avgpool"] = "bilinear"
+    views: Literal["full", "thumbnail", "local", "global"] = "full"
     thumbnail_merge: Literal["mean", "sum"] = "mean"
     projector_type: str = "mlp2x_gelu"
     image_token_id: int = 128257
@@ -109,6 +114,8 @@ class InfLlavaConfig(PreTrainedConfig):
             raise ValueError(f"grid must be two positive integers (n_h, n_w), got {self.grid!r}")
         if self.dem_downsample not in ("bilinear", "avgpool"):
             raise ValueError(f"dem_downsample must be 'bilinear' or 'avgpool', got {self.dem_downsample!r}")
+        if self.views not in ("full", "thumbnail", "local", "global"):
+            raise ValueError(f"views must be 'full', 'thumbnail', 'local' or 'global', got {self.views!r}")
         if self.thumbnail_merge not in ("mean", "sum"):
             raise ValueError(f"thumbnail_merge must be 'mean' or 'sum', got {self.thumbnail_merge!r}")
         if self.template not in ("llama3", "plain", "chat_template"):

@@ -264,3 +264,31 @@ def test_tied_embeddings_round_trip(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = InfLlavaForConditionalGeneration.from_pretrained(tmp_path)
     assert torch.equal(loaded.language_model.lm_head.weight, lm.lm_head.weight)
+
+
+@pytest.mark.parametrize("views, crops_per_image", [("full", 10), ("thumbnail", 1), ("local", 10), ("global", 9)])
+def test_view_ablations(views, crops_per_image):
+    torch.manual_seed(0)
+    cfg = tiny_config(views=views)
+    model = InfLlavaForConditionalGeneration(cfg).eval()
+    seen = []
+    hook = model.vision_tower.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    px = torch.randn(2, 3, *cfg.input_size)
+    with torch.no_grad():
+        out = model.encode_images(px)
+        tower = lambda imgs: model.vision_tower(imgs).view(imgs.shape[0], 4, 4, -1)  # noqa: E731
+        thumb = tower(px[..., 1::3, 1::3])
+        if views == "thumbnail":
+            expected = thumb
+        elif views == "local":
+            L = tile_local(torch.stack([tower(c) for c in local_crops(px, (3, 3)).unbind(1)], 1), (3, 3))
+            pooled = F.avg_pool2d(L.permute(0, 3, 1, 2), 3).permute(0, 2, 3, 1)
+            expected = (thumb + pooled) / 2
+        elif views == "global":
+            G = interleave_global(torch.stack([tower(c) for c in global_crops(px, (3, 3)).unbind(1)], 1), (3, 3))
+            pooled = F.avg_pool2d(G.permute(0, 3, 1, 2), 3).permute(0, 2, 3, 1)
+            expected = (thumb + pooled) / 2
+    hook.remove()
+    assert seen[0] == 2 * crops_per_image
+    if views != "full":
+        assert (out - expected.flatten(1, 2)).abs().max() < 1e-5

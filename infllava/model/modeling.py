@@ -21,7 +21,7 @@ import torch.nn as nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, GenerationMixin, PreTrainedModel
 
 from ..config import InfLlavaConfig
-from .crops import global_crop, local_crops, resize_input, thumbnail
+from .crops import global_crop, local_crops, resize_input, thumbnail, tile_local
 from .dem import DualPerspectiveEnhancement
 from .projector import Projector
 from .vision_tower import VisionTower
@@ -90,28 +90,46 @@ class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin)
             raise ValueError(f"pixel_values must be (B, 3, H, W), got {tuple(pixel_values.shape)}")
         grid, S = tuple(cfg.grid), cfg.tower_image_size
         x = resize_input(pixel_values, cfg.input_size)  # (B, 3, gh*S, gw*S)
-        offsets = self.dem.sample_offsets
-        crops = [local_crops(x, grid)]  # (B, K, 3, S, S)
-        crops.append(torch.stack([global_crop(x, grid, i, j) for i, j in offsets], 1))  # (B, O, 3, S, S)
+        K = grid[0] * grid[1]
+        if cfg.views == "full":
+            offsets = self.dem.sample_offsets  # global crops the DEM output depends on
+        elif cfg.views == "global":
+            offsets = [(i, j) for i in range(grid[0]) for j in range(grid[1])]
+        else:
+            offsets = []
         # The thumbnail is global crop ((gh-1)/2, (gw-1)/2) exactly when the grid is odd and x is the input.
         centre = ((grid[0] - 1) // 2, (grid[1] - 1) // 2)
-        thumb_is_crop = x is pixel_values and grid[0] % 2 == 1 and grid[1] % 2 == 1 and centre in offsets
+        thumb_is_crop = x is pixel_values and grid[0] % 2 == 1 and grid[1] % 2 == 1
+        if thumb_is_crop and centre not in offsets:
+            offsets = offsets + [centre]
+        crops = [local_crops(x, grid)] if cfg.views in ("full", "local") else []  # (B, K, 3, S, S)
+        crops.append(torch.stack([global_crop(x, grid, i, j) for i, j in offsets], 1)
+                     if offsets else x.new_zeros(x.shape[0], 0, 3, S, S))  # (B, O, 3, S, S)
         if not thumb_is_crop:
             crops.append(thumbnail(pixel_values, S).unsqueeze(1))  # (B, 1, 3, S, S)
         crops = torch.cat(crops, 1)
         B, N = crops.shape[:2]
-        K, O = grid[0] * grid[1], len(offsets)
         h, w = cfg.feature_grid
         feats = self.vision_tower(crops.flatten(0, 1))  # (B*N, T, d)
         if feats.shape[1] != h * w:
             raise ValueError(f"vision tower returned {feats.shape[1]} tokens per crop, expected {h}x{w}")
         feats = feats.view(B, N, h, w, -1)
-        dem_out = self.dem(feats[:, :K], feats[:, K : K + O]).flatten(1, 2)  # (B, T, d)
-        thumb = feats[:, K + offsets.index(centre)] if thumb_is_crop else feats[:, -1]
-        thumb = thumb.flatten(1, 2)
+        L = K if cfg.views in ("full", "local") else 0
+        glob = feats[:, L: L + len(offsets)]
+        thumb = glob[:, offsets.index(centre)] if thumb_is_crop else feats[:, -1]
+        thumb = thumb.flatten(1, 2)  # (B, T, d)
+        if cfg.views == "thumbnail":
+            return thumb
+        if cfg.views == "full":
+            high = self.dem(feats[:, :K], glob[:, : len(self.dem.sample_offsets)])  # (B, h, w, d)
+        elif cfg.views == "local":  # the tiled local map, mean over each n_h x n_w cell
+            high = tile_local(feats[:, :K], grid).view(B, h, grid[0], w, grid[1], -1).mean((2, 4))
+        else:  # the interleaved global map, mean over each cell = mean over the global crops
+            high = glob[:, :K].mean(1)
+        high = high.flatten(1, 2)
         if cfg.thumbnail_merge == "mean":
-            return torch.stack([thumb, dem_out], -1).mean(-1)
-        return thumb + dem_out
+            return torch.stack([thumb, high], -1).mean(-1)
+        return thumb + high
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> projected visual tokens (B, T, D)."""
