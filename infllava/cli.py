@@ -5,6 +5,8 @@
     infllava convert-official SRC DST [--vision-tower DIR]
     infllava train CONFIG.yaml [section.key=value ...]
     infllava data check DATA --images DIR [--model MODEL_DIR]
+    infllava eval MODEL_DIR --data test.jsonl --images DIR [--out scores.json]
+    infllava hrvqa OUT --train N --val N --test N      (the high-resolution VQA benchmark)
 """
 
 from __future__ import annotations
@@ -103,6 +105,28 @@ def _data_check(args) -> int:
     return 0 if report.ok == report.total else 1
 
 
+def _eval(args) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from .evaluation.evaluate import evaluate
+
+    hf_logging.disable_progress_bar()
+    r = evaluate(args.model_dir, args.data, args.images, args.out, batch_size=args.batch_size,
+                 max_new_tokens=args.max_new_tokens, limit=args.limit, device=args.device, dtype=args.dtype)
+    print(f"model {r['model']} (views: {r['views']}) on {r['data']}: {r['seconds']} s")
+    print(f"  overall  {100 * r['accuracy']:6.2f}%  (n={r['count']})")
+    for group in ("per_kind", "per_subtype"):
+        for name, v in sorted(r.get(group, {}).items()):
+            print(f"  {name:8s} {100 * v['accuracy']:6.2f}%  (n={v['count']})")
+    return 0
+
+
+def _hrvqa(args) -> int:
+    from .evaluation.hrvqa import main as hrvqa_main
+
+    return hrvqa_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="infllava", description="INF-LLaVA: dual-perspective high-resolution LLaVA")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -142,6 +166,22 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--show", type=int, default=5, help="sample ids shown per problem")
     dc.add_argument("--no-verify-images", action="store_true", help="only check that image files exist")
     dc.set_defaults(func=_data_check)
+
+    e = sub.add_parser("eval", help="score a model on a LLaVA-format question file (per-kind accuracy)")
+    e.add_argument("model_dir")
+    e.add_argument("--data", required=True, help="questions (.jsonl / .json, LLaVA format, optional 'kind')")
+    e.add_argument("--images", default=".", help="folder the image paths are relative to")
+    e.add_argument("--out", default=None, help="write scores and predictions to this JSON file")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--max-new-tokens", type=int, default=8)
+    e.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    e.add_argument("--device", default=None)
+    e.add_argument("--dtype", default=None)
+    e.set_defaults(func=_eval)
+
+    h = sub.add_parser("hrvqa", help="write the procedural high-resolution VQA benchmark", add_help=False)
+    h.add_argument("rest", nargs=argparse.REMAINDER)
+    h.set_defaults(func=_hrvqa)
     return ap
 
 

@@ -27,6 +27,12 @@ def main() -> int:
     print("so the answer below is noise; the full INF-LLaVA pipeline runs for real.")
     print(f"model: {model_dir}\nimage: {image}\nquestion: {question}")
     print("=" * 72)
+    from infllava.processing import InfLlavaProcessor
+    from infllava.visualize import crops_picture
+
+    picture = crops_picture(image, InfLlavaProcessor.from_pretrained(model_dir).image_processor,
+                            ROOT / ".cache" / "demo-crops.png")
+    print(f"the model's input, local crops, global crops and thumbnail: {picture}")
     print("answer: ", end="", flush=True)
     return cli_main(["chat", str(model_dir), "--image", str(image), question, "--max-new-tokens", "24"])
 
