@@ -114,10 +114,10 @@ def _eval(args) -> int:
     r = evaluate(args.model_dir, args.data, args.images, args.out, batch_size=args.batch_size,
                  max_new_tokens=args.max_new_tokens, limit=args.limit, device=args.device, dtype=args.dtype)
     print(f"model {r['model']} (views: {r['views']}) on {r['data']}: {r['seconds']} s")
-    print(f"  overall  {100 * r['accuracy']:6.2f}%  (n={r['count']})")
-    for group in ("per_kind", "per_subtype"):
+    print(f"  overall   {100 * r['accuracy']:6.2f}%  ({r['correct']}/{r['total']})")
+    for group in ("by_kind", "by_subtype"):
         for name, v in sorted(r.get(group, {}).items()):
-            print(f"  {name:8s} {100 * v['accuracy']:6.2f}%  (n={v['count']})")
+            print(f"  {name:9s} {100 * v['accuracy']:6.2f}%  ({v['correct']}/{v['total']})")
     return 0
 
 
