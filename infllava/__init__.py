@@ -1,5 +1,6 @@
 """infllava: INF-LLaVA (arXiv 2407.16198), dual-perspective high-resolution LLaVA."""
 
+from . import backbones  # noqa: F401  (registers the EfficientNet-Lite tower config with AutoConfig)
 from .config import InfLlavaConfig, official_config, tiny_config
 from .model import InfLlavaForConditionalGeneration, register_auto_classes
 

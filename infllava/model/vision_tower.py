@@ -1,5 +1,8 @@
-"""Vision tower: a transformers vision model (CLIP, SigLIP, ...) returning patch features.
+"""Vision tower: a transformers vision model (CLIP, SigLIP, ...) or a CNN, returning patch features.
 
+- `vision_config.model_type` "efficientnet_lite_tower" builds the EfficientNet-Lite CNN of
+  `infllava.backbones`, cut after `vision_config.stage` (it has no CLS token and ignores
+  `feature_layer`). Every other model type is a transformers ViT, for which the following holds.
 - The selected hidden layer (`vision_feature_layer`, LLaVA's `mm_vision_select_layer`, default -2)
   is the tower's output: the layers after it are not built, hence never computed, and the final
   norm / pooling head are removed (LLaVA uses the raw hidden state).
@@ -15,14 +18,24 @@ import torch
 import torch.nn as nn
 from transformers import AutoModel, PreTrainedConfig
 
+from ..backbones import EFFICIENTNET_LITE_MODEL_TYPE, EfficientNetLiteTower
+
 
 class VisionTower(nn.Module):
-    """Wraps a transformers vision model. forward: (N, 3, S, S) -> (N, T, d)."""
+    """Wraps a transformers vision model or the EfficientNet-Lite CNN. forward: (N, 3, S, S) -> (N, T, d)."""
 
     def __init__(self, vision_config: PreTrainedConfig, feature_layer: int = -2, drop_cls: bool = True,
                  chunk_size: int = 32):
         super().__init__()
+        self.drop_cls = drop_cls
+        self.chunk_size = chunk_size
         cfg = vision_config.__class__.from_dict(vision_config.to_dict())
+        if cfg.model_type == EFFICIENTNET_LITE_MODEL_TYPE:  # CNN: weights from `self.model.load_pretrained()`
+            if drop_cls:
+                raise ValueError("drop_cls must be False for the EfficientNet tower (a CNN has no CLS token)")
+            self.model = EfficientNetLiteTower(cfg)
+            self.hidden_size = self.model.hidden_size
+            return
         if hasattr(cfg, "vision_use_head"):
             cfg.vision_use_head = False  # SigLIP's attention-pooling head: unused
         total = int(cfg.num_hidden_layers)
@@ -33,8 +46,6 @@ class VisionTower(nn.Module):
         if hasattr(transformer, "post_layernorm"):
             transformer.post_layernorm = nn.Identity()
         self.hidden_size = int(cfg.hidden_size)
-        self.drop_cls = drop_cls
-        self.chunk_size = chunk_size
 
     @property
     def dtype(self) -> torch.dtype:
@@ -47,7 +58,10 @@ class VisionTower(nn.Module):
         outs = []
         with torch.set_grad_enabled(grad):
             for chunk in pixel_values.split(self.chunk_size):
-                hidden = self.model(pixel_values=chunk).last_hidden_state  # (n, [1 +] T, d)
+                if isinstance(self.model, EfficientNetLiteTower):
+                    hidden = self.model(chunk)  # (n, T, d)
+                else:
+                    hidden = self.model(pixel_values=chunk).last_hidden_state  # (n, [1 +] T, d)
                 outs.append(hidden[:, 1:] if self.drop_cls else hidden)
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
