@@ -18,6 +18,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from .checkpoints.official import check_shards
 from .model import InfLlavaForConditionalGeneration
+from .parts import is_parts_dir, load_parts
 from .processing import InfLlavaProcessor, load_image, tokenize_with_images
 
 STOP_STRINGS = ("<|eot_id|>", "<|im_end|>", "<|end_of_text|>")
@@ -40,10 +41,14 @@ def load(model_dir: str | Path, device: str | None = None, dtype: str | torch.dt
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json; not a model directory")
-    check_shards(path)
     device, dtype = resolve_device_dtype(device, dtype)
-    model = InfLlavaForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
-    processor = InfLlavaProcessor.from_pretrained(path)
+    if is_parts_dir(path):  # small shipped deltas over packaged backbones
+        model, processor = load_parts(path, dtype)
+        model.to(device)
+    else:
+        check_shards(path)
+        model = InfLlavaForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
+        processor = InfLlavaProcessor.from_pretrained(path)
     _set_stop_tokens(model, processor)
     return model, processor
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..parts import lora_factors
 from .build import ADAPTER_FILE, adapter_state_dict, apply_stage, build_model, merge_lora
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from .config import ConfigError, RunConfig
@@ -235,6 +236,11 @@ def _save_final(model, processor, final: Path, gathered: dict | None = None) -> 
 
     if gathered is not None:  # sharded training: the full weights were gathered from the shards
         model.load_state_dict(gathered, strict=False, assign=True)
+    final.mkdir(parents=True, exist_ok=True)
+    factors, lora_meta = lora_factors(model.language_model)
+    if factors:  # the small LM delta, for shipping over packaged backbones (infllava.parts)
+        save_file(factors, str(final / "lora.safetensors"))
+        (final / "lora.json").write_text(json.dumps(lora_meta))
     merge_lora(model)
     model.requires_grad_(False)
     if processor.template == "plain":  # a training-only format; chat with the model's conversation template

