@@ -451,6 +451,17 @@ def _validate_messages(messages: Sequence[Mapping[str, Any]]) -> None:
             raise ValueError(f"message {i} content must be a string, got {type(content).__name__}")
 
 
+def require_chat_template(tokenizer) -> None:
+    """ValueError unless `tokenizer` exists and carries a chat template (template='chat_template')."""
+    if tokenizer is None:
+        raise ValueError("template='chat_template' needs a tokenizer")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"template='chat_template' but the tokenizer ({type(tokenizer).__name__}) has no chat "
+            f"template; use template='llama3' or set tokenizer.chat_template"
+        )
+
+
 def build_prompt(
     messages: Sequence[Mapping[str, Any]],
     template: str = "llama3",
@@ -501,13 +512,7 @@ def build_prompt(
             prompt += messages[1]["content"] + "\n"
         return prompt
     if template == "chat_template":
-        if tokenizer is None:
-            raise ValueError("template='chat_template' needs a tokenizer")
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                f"template='chat_template' but the tokenizer ({type(tokenizer).__name__}) has no chat "
-                f"template; use template='llama3' or set tokenizer.chat_template"
-            )
+        require_chat_template(tokenizer)
         return tokenizer.apply_chat_template(
             [dict(m) for m in messages], tokenize=False, add_generation_prompt=generate
         )

@@ -37,6 +37,7 @@ from ..processing import (
     LLAMA3_USER,
     TEMPLATES,
     build_prompt,
+    require_chat_template,
 )
 
 __all__ = [
@@ -372,12 +373,7 @@ def supervised_spans(
     if template == "plain":
         return _plain_spans(messages)
     if template == "chat_template":
-        if tokenizer is None:
-            raise ValueError("template='chat_template' needs a tokenizer")
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                f"template='chat_template' but the tokenizer ({type(tokenizer).__name__}) has no chat template"
-            )
+        require_chat_template(tokenizer)
         return _chat_template_spans(messages, tokenizer)
     raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
 
