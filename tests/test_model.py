@@ -292,3 +292,26 @@ def test_view_ablations(views, crops_per_image):
     assert seen[0] == 2 * crops_per_image
     if views != "full":
         assert (out - expected.flatten(1, 2)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("text", [
+    dict(model_type="gpt2", vocab_size=300, n_embd=64, n_layer=2, n_head=4, n_positions=512, bos_token_id=1,
+         eos_token_id=2),
+    dict(model_type="qwen2", vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+         num_attention_heads=4, num_key_value_heads=2),
+], ids=["gpt2", "qwen2"])
+def test_other_causal_lms(text, tmp_path):
+    """Any transformers causal LM: generation with and without KV cache agree, save/load round trip."""
+    torch.manual_seed(0)
+    cfg = tiny_config(text_config=text)
+    model = InfLlavaForConditionalGeneration(cfg).eval()
+    ids = torch.tensor([[1, 5] + [cfg.image_token_id] * cfg.num_image_tokens + [7]])
+    px = torch.randn(1, 3, *cfg.input_size)
+    with torch.no_grad():
+        a = model.generate(input_ids=ids, pixel_values=px, max_new_tokens=4, do_sample=False)
+        b = model.generate(input_ids=ids, pixel_values=px, max_new_tokens=4, do_sample=False, use_cache=False)
+    assert torch.equal(a, b)
+    model.save_pretrained(tmp_path)
+    loaded = InfLlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids, pixel_values=px).logits, loaded(input_ids=ids, pixel_values=px).logits)
