@@ -94,7 +94,9 @@ def train(cfg: RunConfig) -> Path:
     total = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     lengths = dataset.lengths()
 
-    def order_fn(epoch, _cache={}):
+    _cache: dict[int, list[int]] = {}
+
+    def order_fn(epoch):
         if epoch not in _cache:
             if cfg.data.group_by_modality_length:
                 _cache[epoch] = grouped_order(lengths, mb, t.seed, epoch)
