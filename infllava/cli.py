@@ -21,7 +21,7 @@ def _chat(args) -> int:
     from .inference import ChatSession, load
     from .processing import load_image
 
-    image = load_image(args.image) if args.image else None  # bad input fails before the model loads
+    image = load_image(args.image, max_pixels=args.max_pixels or None) if args.image else None  # fails before the model loads
     hf_logging.disable_progress_bar()
     model, processor = load(args.model_dir, device=args.device, dtype=args.dtype)
     session = ChatSession(model, processor, image, max_new_tokens=args.max_new_tokens,
@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--image", help="image file")
     c.add_argument("--max-new-tokens", type=int, default=256)
     c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    c.add_argument("--max-pixels", type=int, default=100_000_000,
+                   help="refuse larger images (decompression-bomb guard); 0 = no limit")
     c.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     c.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
     c.set_defaults(func=_chat)

@@ -37,7 +37,8 @@ def resolve_device_dtype(device: str | None = None, dtype: str | torch.dtype | N
 
 
 def load(model_dir: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None):
-    """(model, processor) from a directory written by `save_pretrained` / `infllava convert-official`."""
+    """(model, processor) from a directory written by `save_pretrained` / `infllava convert-official`,
+    or a parts directory (`infllava.parts`: small deltas assembled over packaged backbones)."""
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json; not a model directory")

@@ -121,3 +121,12 @@ def test_make_demo_script_runs(tmp_path):
                          timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "RANDOM WEIGHTS" in out.stdout and "answer:" in out.stdout
+
+
+def test_cli_pixel_limit(model_dir, tmp_path, capsys):
+    big = tmp_path / "big.png"
+    Image.new("RGB", (300, 200)).save(big)
+    assert cli_main(["chat", str(model_dir), "--image", str(big), "hi", "--max-pixels", "1000"]) == 2
+    assert "max_pixels" in capsys.readouterr().err
+    assert cli_main(["chat", str(model_dir), "--image", str(big), "hi", "--max-pixels", "0",
+                     "--max-new-tokens", "1"]) == 0
