@@ -266,3 +266,14 @@ def test_ctrl_c_saves_and_stops(tmp_path):
     assert proc.returncode == 130, output[-2000:]
     found = ckpt_mod.list_checkpoints(out)
     assert found and json.loads((found[-1] / "state.json").read_text())["step"] < 1000
+
+
+def test_resume_refuses_a_different_configuration(tmp_path):
+    cfg = cfg_for(tmp_path, "train.max_steps=2")
+    train(cfg)
+    changed = cfg_for(tmp_path, "train.max_steps=4", "train.lr=5e-4")
+    with pytest.raises(ConfigError, match="train.lr"):
+        train(changed)
+    longer = cfg_for(tmp_path, "train.max_steps=4")  # extending a run is allowed
+    train(longer)
+    assert ckpt_mod.list_checkpoints(tmp_path / "run")[-1].name == "step-00000004"

@@ -125,6 +125,7 @@ def train(cfg: RunConfig) -> Path:
             acc.load_state(str(ckpt / "accelerate"))
             state.update(json.loads((ckpt / "state.json").read_text()))
     if ckpt is not None:
+        _check_same_run(ckpt, state.pop("config", None), cfg)
         acc.print(f"resumed from {ckpt} at step {state['step']}")
 
     loader = torch.utils.data.DataLoader(
@@ -257,6 +258,34 @@ def _chat_template_for(tokenizer) -> str:
     if "<|eot_id|>" in tokenizer.get_vocab():
         return "llama3"
     return "chat_template" if getattr(tokenizer, "chat_template", None) else "llama3"
+
+
+# Settings that may change between a run and its resumption (logging, loading, checkpoint cadence).
+_RESUMABLE_CHANGES = {"train.resume", "train.log_every", "train.report_to", "train.save_every", "train.keep_last",
+                      "train.max_steps", "train.epochs", "data.num_workers"}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_same_run(ckpt: Path, saved: dict | None, cfg: RunConfig) -> None:
+    """Refuse to resume a checkpoint written by a different configuration (silent mixing)."""
+    if saved is None:
+        return
+    old, new = _flatten(saved), _flatten(cfg.to_dict())
+    changed = sorted(k for k in set(old) | set(new) if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    if changed:
+        raise ConfigError(
+            f"{ckpt} was written with a different configuration ({', '.join(changed[:6])}); "
+            "use another train.output_dir, or train.resume=none to start over"
+        )
 
 
 def _resume_path(resume: str, out: Path):
