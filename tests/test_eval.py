@@ -31,3 +31,28 @@ def test_eval_bad_data_is_a_message(tmp_path, capsys):
     bad.write_text('{"id": 1, "conversations": []}\n{oops\n')
     assert cli_main(["eval", str(model), "--data", str(bad)]) == 2
     assert "malformed" in capsys.readouterr().err
+
+
+def test_predict_with_shared_image_features_equals_plain_generate(tmp_path):
+    import torch
+    from PIL import Image
+
+    from infllava.evaluation.evaluate import predict
+    from infllava.inference import load
+
+    model, processor = load(build_tiny_model(tmp_path / "model"), device="cpu")
+    Image.new("RGB", (30, 20), (200, 30, 30)).save(tmp_path / "a.png")
+    Image.new("RGB", (20, 30), (30, 30, 200)).save(tmp_path / "b.png")
+    q = lambda i, img, text: {"id": i, **({"image": img} if img else {}),  # noqa: E731
+                              "conversations": [{"from": "human", "value": text}, {"from": "gpt", "value": "x"}]}
+    records = [q("1", "a.png", "<image>\nWhat colour?"), q("2", "a.png", "Which shape is it, really?"),
+               q("3", None, "Say hi."), q("4", "b.png", "<image>\nAnd this?")]
+    preds = predict(model, processor, records, tmp_path, batch_size=3, max_new_tokens=4, progress=False)
+    for r in records:
+        img = [str(tmp_path / r["image"])] if "image" in r else None
+        text = r["conversations"][0]["value"]
+        enc = processor.apply_chat([{"role": "user", "content": text}], images=img)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=4, do_sample=False)
+        ref = processor.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        assert preds[r["id"]] == ref, r["id"]

@@ -21,32 +21,59 @@ from ..training.labels import to_messages
 
 def predict(model, processor, records, image_root, batch_size: int = 8, max_new_tokens: int = 8,
             progress: bool = True) -> dict:
-    """{record id: generated answer} for the first user turn of each record."""
+    """{record id: generated answer} for the first user turn of each record.
+
+    Each distinct image is encoded once (questions about the same image share its visual tokens).
+    """
     from tqdm.auto import tqdm
 
     preds = {}
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
+    cache: dict[str, torch.Tensor] = {}  # image path -> projected visual tokens (T, D)
     bar = tqdm(total=len(records), desc="eval", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(records), batch_size):
         chunk = records[start: start + batch_size]
-        convs, images = [], []
+        prompts, paths = [], []
         for r in chunk:
             messages = to_messages(r)
-            convs.append(messages[:1])
-            paths = r.get("image")
-            paths = [paths] if isinstance(paths, str) else list(paths or [])
-            images.append([load_image(resolve_image_path(p, image_root)) for p in paths] or None)
-        enc = processor.apply_chat(convs, images=images)
-        enc = {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in enc.items()}
+            images = r.get("image")
+            images = [images] if isinstance(images, str) else list(images or [])
+            prompts.append(processor.chat_prompt(messages[:1], num_images=len(images)))
+            paths += [resolve_image_path(p, image_root) for p in images]
+        new = [p for p in dict.fromkeys(paths) if p not in cache]
+        if new:
+            pixels = processor.image_processor([load_image(p) for p in new]).to(device, dtype)
+            with torch.inference_mode():
+                for p, f in zip(new, model.get_image_features(pixels)):
+                    cache[p] = f
+        enc = _tokenize(processor, prompts)
+        input_ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        feats = torch.stack([cache[p] for p in paths]) if paths else None
         with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-        texts = processor.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        for r, text in zip(chunk, texts):
+            embeds = model.embed_inputs(input_ids, image_features=feats)
+            out = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 do_sample=False)
+        for r, text in zip(chunk, processor.batch_decode(out, skip_special_tokens=True)):
             preds[r["id"]] = text.strip()
+        if len(cache) > 256:
+            cache.clear()
         bar.update(len(chunk))
     bar.close()
     return preds
+
+
+def _tokenize(processor, prompts):
+    """Left-padded ids of prompts whose placeholders are filled from precomputed features."""
+    from ..processing import tokenize_with_images
+
+    seqs = [tokenize_with_images(p, processor.tokenizer, processor.image_token_id, processor.num_image_tokens)
+            for p in prompts]
+    pad = processor.pad_token_id
+    L = max(map(len, seqs))
+    ids = torch.tensor([[pad] * (L - len(s)) + s for s in seqs])
+    mask = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs])
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def evaluate(model_dir, data_path, image_root=".", out_path=None, batch_size: int = 8, max_new_tokens: int = 8,
