@@ -277,3 +277,13 @@ def test_resume_refuses_a_different_configuration(tmp_path):
     longer = cfg_for(tmp_path, "train.max_steps=4")  # extending a run is allowed
     train(longer)
     assert ckpt_mod.list_checkpoints(tmp_path / "run")[-1].name == "step-00000004"
+
+
+def test_bf16_and_gradient_checkpointing_finetune(tmp_path):
+    cfg = cfg_for(tmp_path, "train.max_steps=2", "train.stage=finetune", "train.precision=bf16",
+                  "train.gradient_checkpointing=true", "train.lr=1e-4")
+    final = train(cfg)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train.log").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert len(losses) == 2 and all(0 < l < 100 for l in losses)
+    assert (final / "model.safetensors").exists()
