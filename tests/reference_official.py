@@ -124,14 +124,14 @@ class OfficialReference(nn.Module):
         for t in ids_with_marker:
             if t == marker:
                 if run:
-                    parts.append(embed(torch.tensor(run)))
+                    parts.append(embed(torch.tensor(run, device=images.device)))
                     run = []
                 parts.append(feats[k])
                 k += 1
             else:
                 run.append(t)
         if run:
-            parts.append(embed(torch.tensor(run)))
+            parts.append(embed(torch.tensor(run, device=images.device)))
         embeds = torch.cat(parts).unsqueeze(0)
         return self.language_model(inputs_embeds=embeds).logits
 
