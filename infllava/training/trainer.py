@@ -70,6 +70,11 @@ def train(cfg: RunConfig) -> Path:
     from accelerate.utils import set_seed
 
     t = cfg.train
+    # A second train() in one process (tests, notebooks) may ask for another precision: accelerate keeps
+    # its settings in a process-wide singleton, so drop them (the distributed set-up itself is kept).
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     acc = Accelerator(
         cpu=not torch.cuda.is_available(),  # on CPU, torchrun / accelerate launch give gloo DDP
         mixed_precision="bf16" if t.precision == "bf16" else "no",
