@@ -6,11 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VIEWS="${1:-full}"
-S1="${S1_STEPS:-75}"; S2="${S2_STEPS:-150}"
+S1="${S1_STEPS:-20}"; S2="${S2_STEPS:-80}"
 BIN=".venv/bin"
 DATA=".cache/hrvqa"
 RUN="runs/mini-$VIEWS"
-[ -f "$DATA/test.jsonl" ] || "$BIN/infllava" hrvqa "$DATA" --train 2000 --val 100 --test 340
+[ -f "$DATA/test.jsonl" ] || "$BIN/infllava" hrvqa "$DATA" --train 2000 --val 100 --test 340 --train-format all
 "$BIN/infllava" train configs/mini/pretrain.yaml "model.views=$VIEWS" "train.output_dir=$RUN/stage1" "train.max_steps=$S1"
 "$BIN/infllava" train configs/mini/finetune.yaml "model.base=$RUN/stage1/final" "train.output_dir=$RUN/stage2" "train.max_steps=$S2"
 "$BIN/python" -c "from infllava.parts import export_parts; export_parts('$RUN/stage2/final', '$RUN/parts')"

@@ -213,11 +213,16 @@ def _micro_loss(model, b, acc, n_global, world):
         zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
         return zero, torch.zeros((), device=acc.device)
     pixel_values = b["pixel_values"].to(acc.device) if b["pixel_values"] is not None else None
+    labels = b["labels"].to(acc.device)
+    # Logits only where some row is supervised: position t predicts token t + 1. The LM head over a
+    # 50k-token vocabulary at every position would otherwise cost a fifth of a small LM's step.
+    keep = (labels[:, 1:] != -100).any(0).nonzero().flatten()
+    if keep.numel() == 0:  # nothing supervised (all truncated): a zero loss that still reaches every weight
+        keep = keep.new_zeros(1)
     with acc.autocast():
         logits = model(input_ids=b["input_ids"].to(acc.device), attention_mask=b["attention_mask"].to(acc.device),
-                       pixel_values=pixel_values).logits
-    labels = b["labels"].to(acc.device)
-    token_loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(),
+                       pixel_values=pixel_values, logits_to_keep=keep).logits
+    token_loss = F.cross_entropy(logits.float().flatten(0, 1), labels[:, keep + 1].flatten(),
                                  ignore_index=-100, reduction="sum")
     # DDP averages gradients over processes: scale so the result is the global per-token mean
     return token_loss * world / n_global, token_loss.detach()
