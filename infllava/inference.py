@@ -36,10 +36,17 @@ def resolve_device_dtype(device: str | None = None, dtype: str | torch.dtype | N
     return torch.device(device), dtype
 
 
+# Models that ship inside the package as parts (small deltas over pip-installed backbones), by name:
+# `infllava.load("inf-llava-mini")`, `infllava chat inf-llava-mini ...`.
+SHIPPED = {"inf-llava-mini": Path(__file__).resolve().parent / "assets" / "inf-llava-mini"}
+
+
 def load(model_dir: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None):
     """(model, processor) from a directory written by `save_pretrained` / `infllava convert-official`,
     or a parts directory (`infllava.parts`: small deltas assembled over packaged backbones)."""
     path = Path(model_dir)
+    if str(model_dir) in SHIPPED and not path.exists():  # a name of a model that ships in the package
+        path = SHIPPED[str(model_dir)]
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json; not a model directory")
     device, dtype = resolve_device_dtype(device, dtype)

@@ -53,15 +53,20 @@ def lora_factors(language_model) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def export_parts(model_dir: str | Path, out_dir: str | Path, vision_tower: str = "efficientnet-lite0",
-                 language_model: str = "smollm2") -> Path:
+                 language_model: str = "smollm2", dtype: torch.dtype | None = None) -> Path:
     """Write a parts directory from a training output (`final/` with adapter.safetensors and,
-    for LoRA runs, lora.safetensors + lora.json)."""
+    for LoRA runs, lora.safetensors + lora.json). `dtype` (e.g. torch.float16, what the shipped
+    model uses: half the bytes) converts the floating-point weights; loading computes in float32."""
     src, out = Path(model_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for name in ("config.json", "processor_config.json", "adapter.safetensors", "lora.safetensors"):
         if (src / name).exists():
-            shutil.copy2(src / name, out / name)
+            if dtype is not None and name.endswith(".safetensors"):
+                tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(src / name)).items()}
+                save_file(tensors, str(out / name))
+            else:
+                shutil.copy2(src / name, out / name)
             if name.endswith(".safetensors"):
                 files[name] = sha256(out / name)
     if "adapter.safetensors" not in files:
@@ -120,6 +125,6 @@ def _merge_lora(lm, factors: dict[str, torch.Tensor], meta: dict) -> None:
         name = key[: -len(".lora_A")]
         if name not in modules:
             raise PartsError(f"lora.safetensors: module {name} not found in the language model")
-        A, B = factors[key], factors[f"{name}.lora_B"]
+        A, B = factors[key].float(), factors[f"{name}.lora_B"].float()
         with torch.no_grad():
             modules[name].weight += scale * (B @ A)

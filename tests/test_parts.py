@@ -58,3 +58,22 @@ def test_corrupt_shipped_weights_are_named(trained_mini, tmp_path):
     (parts / "parts.json").write_text(json.dumps(spec))
     with pytest.raises(PartsError, match="unknown format"):
         infllava.load(parts, device="cpu")
+
+
+@pytest.mark.slow
+def test_half_precision_parts_are_half_the_size_and_load_in_float32(trained_mini, tmp_path):
+    final, root = trained_mini
+    full = export_parts(final, tmp_path / "fp32")
+    half = export_parts(final, tmp_path / "fp16", dtype=torch.float16)
+    for name in ("adapter.safetensors", "lora.safetensors"):
+        assert (half / name).stat().st_size < 0.6 * (full / name).stat().st_size
+        assert all(v.dtype == torch.float16 for v in load_file(str(half / name)).values())
+    m32, processor = infllava.load(full, device="cpu")
+    m16, _ = infllava.load(half, device="cpu")
+    assert next(m16.parameters()).dtype == torch.float32
+    enc = processor.apply_chat([{"role": "user", "content": "What digit is written in the small white box?"}],
+                               images=[str(root / "bench" / "images" / "train" / "000001.png")])
+    with torch.no_grad():
+        a, b = m32(**enc).logits[0, -1], m16(**enc).logits[0, -1]
+    assert (a - b).abs().max() < 0.05 * a.abs().max()
+    assert a.argmax() == b.argmax()

@@ -51,10 +51,19 @@ class VisionTower(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    # Optional `FeatureCache` (model/feature_cache.py), set by the trainer (`train.feature_cache`):
+    # used only while the tower is frozen. A plain attribute: not part of the state dict.
+    feature_cache = None
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixel_values = pixel_values.to(self.dtype)
         # a frozen tower (every stage of the official recipe) keeps no activations for backward
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        if self.feature_cache is not None and not grad:
+            return self.feature_cache.get_or_compute(pixel_values, lambda x: self._run(x, False))
+        return self._run(pixel_values, grad)
+
+    def _run(self, pixel_values: torch.Tensor, grad: bool) -> torch.Tensor:
         outs = []
         with torch.set_grad_enabled(grad):
             for chunk in pixel_values.split(self.chunk_size):

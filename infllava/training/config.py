@@ -84,6 +84,9 @@ class TrainConfig:
     log_every: int = 10
     report_to: list[str] = field(default_factory=list)  # "tensorboard", "wandb"
     resume: str = "auto"  # "auto": latest checkpoint in output_dir if any; "none"; or a checkpoint path
+    # directory of a disk cache of the frozen tower's outputs per crop (model/feature_cache.py); "" = off.
+    # Shared safely by runs and processes; pays when images come back (epochs, stages, view ablations).
+    feature_cache: str = ""
 
 
 @dataclass

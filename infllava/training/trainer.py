@@ -85,6 +85,11 @@ def train(cfg: RunConfig) -> Path:
     set_seed(t.seed)  # the same initial weights on every process and every run
     model, processor = build_model(cfg)
     apply_stage(model, cfg)
+    if t.feature_cache:
+        from ..model.feature_cache import FeatureCache, tower_fingerprint
+
+        tower = model.vision_tower
+        tower.feature_cache = FeatureCache(t.feature_cache, tower_fingerprint(tower, model.config.vision_config.to_dict()))
 
     records, problems = load_records(cfg.data.path)
     pc = model.config
@@ -177,6 +182,9 @@ def train(cfg: RunConfig) -> Path:
                     dt = time.perf_counter() - t0
                     rec = {"step": state["step"], "loss": round(loss_value, 6), "lr": scheduler.get_last_lr()[0],
                            "samples_per_s": round(samples_since / dt, 3), "skipped_total": state["skipped"]}
+                    fc = acc.unwrap_model(model).vision_tower.feature_cache
+                    if fc is not None:
+                        rec["feature_cache_hits"], rec["feature_cache_misses"] = fc.hits, fc.misses
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{rec['lr']:.2e}", sps=rec["samples_per_s"])
                     log.metrics(rec)
                     t0, samples_since = time.perf_counter(), 0
@@ -272,7 +280,7 @@ def _chat_template_for(tokenizer) -> str:
 
 # Settings that may change between a run and its resumption (logging, loading, checkpoint cadence).
 _RESUMABLE_CHANGES = {"train.resume", "train.log_every", "train.report_to", "train.save_every", "train.keep_last",
-                      "train.max_steps", "train.epochs", "data.num_workers"}
+                      "train.max_steps", "train.epochs", "data.num_workers", "train.feature_cache"}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

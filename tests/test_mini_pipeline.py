@@ -1,0 +1,38 @@
+"""CI smoke version of the INF-LLaVA-mini recipe: scripts/train_mini.sh end to end (benchmark
+generation, stage 1, stage 2 with LoRA, parts export, `infllava eval`) on 8 + 2 images, 1 step each."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import infllava
+from infllava.parts import is_parts_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_train_mini_script_smoke(tmp_path):
+    env = dict(os.environ, BIN=str(Path(sys.executable).parent), DATA=str(tmp_path / "hrvqa"), RUNS=str(tmp_path / "runs"),
+               TRAIN_IMAGES="8", TEST_IMAGES="2", S1_STEPS="1", S2_STEPS="1")
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "train_mini.sh"), "full"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "runs" / "mini-full"
+    for stage in ("stage1", "stage2"):
+        log = [json.loads(line) for line in (run / stage / "train.log").read_text().splitlines()]
+        assert log[0]["config"]["model"]["views"] == "full" or stage == "stage2"
+        assert any(r.get("step") == 1 for r in log), f"{stage} did not log its step"
+    assert is_parts_dir(run / "parts")
+    n_test = sum(1 for _ in open(tmp_path / "hrvqa" / "test.jsonl"))
+    scores = json.loads((run / "test_scores.json").read_text())["scores"]
+    assert scores["total"] == n_test and scores["missing"] == 0
+    assert set(scores["by_kind"]) <= {"detail", "global"}
+    model, processor = infllava.load(run / "parts", device="cpu")
+    assert model.config.views == "full" and model.config.dem_downsample == "avgpool"
