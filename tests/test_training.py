@@ -204,6 +204,19 @@ def test_feature_cache_gives_the_same_training(tmp_path):
     assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
 
 
+def test_projector_lr_sets_the_multimodal_modules_lr(tmp_path):
+    common = ["train.max_steps=2", "train.save_every=0", "train.warmup_ratio=0", "train.stage=finetune"]
+    slow_mm = train(cfg_for(tmp_path / "a", *common, "train.lr=1e-2", "train.projector_lr=1e-12"))
+    all_slow = train(cfg_for(tmp_path / "b", *common, "train.lr=1e-12"))
+    fast = train(cfg_for(tmp_path / "c", *common, "train.lr=1e-2"))
+    a, b, c = (load_file(str(d / "adapter.safetensors")) for d in (slow_mm, all_slow, fast))
+    assert max((a[k] - b[k]).abs().max() for k in a) < 1e-6  # DEM + projector barely moved at 1e-12
+    assert max((c[k] - b[k]).abs().max() for k in c) > 1e-3
+    lm = [k for k in load_file(str(slow_mm / "model.safetensors")) if k.startswith("language_model.")][:1]
+    wa, wb = (load_file(str(d / "model.safetensors"))[lm[0]] for d in (slow_mm, all_slow))
+    assert (wa - wb).abs().max() > 1e-4  # the LM still trained at train.lr
+
+
 # ---------------------------------------------------------------- processes
 def _train_cmd(cfg_path, *overrides, nproc=1):
     if nproc == 1:

@@ -24,12 +24,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+_VOLATILE = {"dtype", "torch_dtype", "transformers_version", "_name_or_path", "architectures", "output_hidden_states",
+             "return_dict", "use_cache"}
+
+
 def tower_fingerprint(tower: torch.nn.Module, config: dict) -> str:
-    """Hash of a tower's config and weights: the cache namespace."""
+    """Hash of a tower's config and weights: the cache namespace. Bookkeeping keys of the config
+    (dtype, versions, names) are left out: the weights' hash covers dtype, and a model saved and
+    loaded again (stage 1 -> stage 2) keeps its namespace."""
     h = hashlib.blake2b(digest_size=12)
+    config = {k: v for k, v in config.items() if k not in _VOLATILE}
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, t in sorted(tower.state_dict().items()):
         h.update(name.encode())
+        h.update(str(t.dtype).encode())
         h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
     return h.hexdigest()
 

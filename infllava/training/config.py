@@ -71,6 +71,7 @@ class TrainConfig:
     global_batch_size: int = 256  # samples per optimiser step, over all processes
     micro_batch_size: int = 16  # samples per forward pass per process; accumulation fills the rest
     lr: float = 1e-3
+    projector_lr: float = 0.0  # > 0: peak LR of the DEM + projector (LLaVA's mm_projector_lr); 0: train.lr
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     scheduler: Literal["cosine", "constant"] = "cosine"
@@ -108,6 +109,8 @@ class RunConfig:
             raise ConfigError("train.global_batch_size and train.micro_batch_size must be >= 1")
         if t.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+        if t.projector_lr < 0:
+            raise ConfigError(f"train.projector_lr must be >= 0 (0: use train.lr), got {t.projector_lr}")
         if not 0 <= t.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
         if t.keep_last < 1:

@@ -115,11 +115,16 @@ def train(cfg: RunConfig) -> Path:
                 _cache[epoch] = torch.randperm(len(dataset), generator=g).tolist()
         return _cache[epoch]
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=t.lr)
+    # Parameter groups: (multimodal = DEM + projector, or the rest) x (decayed matrices, or not).
+    # train.projector_lr (LLaVA's mm_projector_lr) gives the multimodal modules their own peak LR.
+    mm_ids = {id(p) for mod in (model.dem, model.projector) for p in mod.parameters()}
+    groups = []
+    for is_mm in (True, False):
+        params = [p for p in model.parameters() if p.requires_grad and (id(p) in mm_ids) == is_mm]
+        lr = (t.projector_lr or t.lr) if is_mm else t.lr
+        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay, "lr": lr},
+                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr)
     warmup = int(round(t.warmup_ratio * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_lr_lambda, warmup=warmup, total=total,
                                                                       kind=t.scheduler))
