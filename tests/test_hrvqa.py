@@ -296,3 +296,20 @@ def test_score_from_written_file(tmp_path):
     assert perfect["accuracy"] == 1.0 and perfect["missing"] == 0
     assert sum(v["total"] for v in perfect["by_kind"].values()) == len(items)
     assert score({}, Path(path))["accuracy"] == 0.0
+
+
+def test_captions_list_every_object_and_the_digit(tmp_path):
+    from infllava.evaluation.hrvqa import caption, make_scene, write_captions
+
+    for index in range(5):
+        scene = make_scene("train", index)
+        text = caption(scene)
+        assert caption(make_scene("train", index)) == text  # deterministic
+        for obj in scene.objects:
+            assert (f"digit {obj.digit}" if obj.kind == "box" else obj.describe()) in text
+        assert text.count(",") == len(scene.objects) - len({o.kind for o in scene.objects})
+    path = write_captions(tmp_path, "train", 3)
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["image"] for r in recs] == [f"images/train/{i:06d}.png" for i in range(3)]
+    assert recs[0]["conversations"][0]["value"] == "<image>"
+    assert recs[0]["conversations"][1]["value"] == caption(make_scene("train", 0))

@@ -78,6 +78,8 @@ __all__ = [
     "make_scene",
     "render_scene",
     "make_sample",
+    "caption",
+    "write_captions",
     "write_split",
     "load_jsonl",
     "iter_questions",
@@ -536,6 +538,49 @@ def write_split(out_dir: str | os.PathLike, split: str, num_images: int, size: i
 
 
 # --------------------------------------------------------------------------------------------------
+# Captions (stage-1 alignment data, LLaVA's "image -> caption" pretraining)
+
+_ROWS, _COLS = ("top", "middle", "bottom"), ("left", "center", "right")
+
+
+def _where(obj: SceneObject, size: int) -> str:
+    """The 3 x 3 region of the object's centre: "top left", "middle center", ..."""
+    x, y = obj.center
+    return f"{_ROWS[min(2, int(3 * y // size))]} {_COLS[min(2, int(3 * x // size))]}"
+
+
+def caption(scene: Scene) -> str:
+    """A dense, deterministic description of every object, in reading order of its region:
+    "large: red square top left, blue circle middle center. small: green triangle top right.
+    box: digit 7 bottom left." Every content word is something the image shows; small objects and
+    the digit are only legible at full resolution."""
+    def listing(kind: str) -> str:
+        objs = sorted(scene.of_kind(kind), key=lambda o: (o.center[1] * 3 // scene.size, o.center[0]))
+        return ", ".join((f"digit {o.digit}" if kind == "box" else o.describe()) + " " + _where(o, scene.size)
+                         for o in objs)
+
+    parts = [f"{name}: {listing(kind)}." for name, kind in (("large", "large"), ("small", "small"), ("box", "box"))
+             if scene.of_kind(kind)]
+    return " ".join(parts)
+
+
+def write_captions(out_dir: str | os.PathLike, split: str, num_images: int, size: int = REFERENCE_SIZE) -> Path:
+    """out_dir/{split}_captions.jsonl: one "<image>" -> caption record per image of the split (the
+    images themselves are those `write_split` writes; only the scenes are regenerated here)."""
+    _check_args(split, 0, size)
+    path = Path(out_dir) / f"{split}_captions.jsonl"
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for index in range(num_images):
+            rec = {"id": f"{split}-{index}-caption", "image": f"images/{split}/{index:06d}.png",
+                   "conversations": [{"from": "human", "value": "<image>"},
+                                     {"from": "gpt", "value": caption(make_scene(split, index, size))}]}
+            f.write(json.dumps(rec) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
 # Scoring
 
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate(
@@ -629,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-format", choices=("one", "all"), default="one",
                    help="train records: one per question (default) or one multi-turn record per image; "
                         "val/test are always one per question")
+    p.add_argument("--captions", action="store_true",
+                   help="also write train_captions.jsonl (image -> dense scene caption, for stage-1 alignment)")
     args = p.parse_args(argv)
     for name in ("train", "val", "test"):
         if getattr(args, name) < 0:
@@ -650,6 +697,10 @@ def main(argv: list[str] | None = None) -> int:
         n_questions = sum(1 for _ in iter_questions(path))
         written[split] = {"images": n, "questions": n_questions, "records": str(path.name)}
         print(f"{split}: {n} images, {n_questions} questions -> {path}")
+        if split == "train" and args.captions:
+            cap = write_captions(out, split, n, size=args.size)
+            written[split]["captions"] = cap.name
+            print(f"{split}: {n} captions -> {cap}")
     info = {"benchmark": "hrvqa", "version": HRVQA_VERSION, "size": args.size, "grid": GRID,
             "split_seeds": SPLIT_SEEDS, "splits": written, "prompt_suffix": PROMPT_SUFFIX,
             "answers": {k: list(v) for k, v in ANSWERS.items()}}
