@@ -10,17 +10,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VIEWS="${1:-full}"
-S1="${S1_STEPS:-20}"; S2="${S2_STEPS:-80}"
+S1="${S1_STEPS:-60}"; S2="${S2_STEPS:-80}"
 BIN="${BIN:-.venv/bin}"
 DATA="${DATA:-.cache/hrvqa}"
 RUN="${RUNS:-runs}/mini-$VIEWS"
 [ -f "$DATA/test.jsonl" ] || "$BIN/infllava" hrvqa "$DATA" --train "${TRAIN_IMAGES:-2000}" --val 0 \
-  --test "${TEST_IMAGES:-340}" --train-format all
+  --test "${TEST_IMAGES:-340}" --train-format all --captions
 D=("data.path=$DATA/train.jsonl" "data.images=$DATA" "train.feature_cache=${FEATURE_CACHE-.cache/features}")
-"$BIN/infllava" train configs/mini/pretrain.yaml "${D[@]}" "model.views=$VIEWS" \
-  "train.output_dir=$RUN/stage1" "train.max_steps=$S1"
-"$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" "model.base=$RUN/stage1/final" \
-  "train.output_dir=$RUN/stage2" "train.max_steps=$S2"
+# a finished stage (final/ written) is not run again
+[ -f "$RUN/stage1/final/config.json" ] || "$BIN/infllava" train configs/mini/pretrain.yaml "${D[@]}" \
+  "data.path=$DATA/train_captions.jsonl" "model.views=$VIEWS" "train.output_dir=$RUN/stage1" "train.max_steps=$S1"
+[ -f "$RUN/stage2/final/config.json" ] || "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" \
+  "model.base=$RUN/stage1/final" "train.output_dir=$RUN/stage2" "train.max_steps=$S2"
 "$BIN/python" -c "from infllava.parts import export_parts; export_parts('$RUN/stage2/final', '$RUN/parts')"
 "$BIN/infllava" eval "$RUN/parts" --data "$DATA/test.jsonl" --images "$DATA" --out "$RUN/test_scores.json" \
   ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"}
