@@ -1,0 +1,34 @@
+"""The blind baseline of HR-VQA: answer every question with the most frequent training answer of its
+subtype, and never look at the image. A model that does not use the image lands here (or, for
+"higher", at ~50% by naming one of the two colours in the question).
+
+    python benchmarks/hrvqa_prior.py [--data .cache/hrvqa]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from infllava.evaluation.hrvqa import iter_questions, normalize_answer, score
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=".cache/hrvqa")
+    args = p.parse_args()
+    data = Path(args.data)
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for q in iter_questions(data / "train.jsonl"):
+        counts[q["subtype"]][normalize_answer(q["answer"])] += 1
+    majority = {st: c.most_common(1)[0][0] for st, c in counts.items()}
+    test = list(iter_questions(data / "test.jsonl"))
+    s = score({q["id"]: majority[q["subtype"]] for q in test}, data / "test.jsonl")
+    print(f"majority-answer baseline on {s['total']} test questions: {100 * s['accuracy']:.1f}% overall; "
+          + "; ".join(f"{k} {100 * v['accuracy']:.1f}%" for k, v in sorted(s["by_kind"].items())))
+    print("  " + "  ".join(f"{k} {100 * v['accuracy']:.1f}%" for k, v in sorted(s["by_subtype"].items())))
+
+
+if __name__ == "__main__":
+    main()

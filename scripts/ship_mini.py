@@ -1,0 +1,74 @@
+"""Ship a trained INF-LLaVA-mini: export its parts (float16) into the package and pick the demo image.
+
+    python scripts/ship_mini.py [--run runs/mini-full] [--baseline runs/mini-thumbnail]
+
+1. `export_parts(RUN/stage2/final, infllava/assets/inf-llava-mini, dtype=float16)`: DEM, projector and
+   LoRA factors with their sha256 (`infllava.load("inf-llava-mini")` assembles them with the packaged
+   EfficientNet-Lite0 and SmolLM2).
+2. The demo example: the first test image (test images are never trained on) on which RUN answered every
+   question right in `RUN/test_scores.json`, preferring one with a detail question that the baseline
+   (thumbnail-only) model got wrong. It is copied to examples/hrvqa-example.png with its questions and
+   true answers in examples/hrvqa-example.json, which says how it was chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from infllava.evaluation.hrvqa import load_jsonl, normalize_answer
+from infllava.inference import SHIPPED
+from infllava.parts import export_parts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", default="runs/mini-full")
+    p.add_argument("--baseline", default="runs/mini-thumbnail")
+    p.add_argument("--data", default=".cache/hrvqa")
+    args = p.parse_args()
+    run, data = ROOT / args.run, ROOT / args.data
+
+    out = SHIPPED["inf-llava-mini"]
+    if out.exists():
+        shutil.rmtree(out)
+    export_parts(run / "stage2" / "final", out, dtype=torch.float16)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"parts -> {out.relative_to(ROOT)} ({size / 2**20:.1f} MiB)")
+
+    run_scores = json.loads((run / "test_scores.json").read_text())
+    preds, total = run_scores["predictions"], run_scores["scores"]
+    base_file = ROOT / args.baseline / "test_scores.json"
+    base = json.loads(base_file.read_text())["predictions"] if base_file.exists() else {}
+    by_image = defaultdict(list)
+    for rec in load_jsonl(data / "test.jsonl"):
+        by_image[rec["image"]].append(rec)
+
+    def right(p, rec):
+        return normalize_answer(p.get(rec["id"], "")) == normalize_answer(rec["conversations"][1]["value"])
+
+    candidates = [(img, recs) for img, recs in by_image.items() if all(right(preds, r) for r in recs)]
+    if not candidates:
+        raise SystemExit(f"{run.name} answered no test image entirely right: nothing to show")
+    preferred = [c for c in candidates if any(r["kind"] == "detail" and not right(base, r) for r in c[1])]
+    image, recs = (preferred or candidates)[0]
+    shutil.copy2(data / image, ROOT / "examples" / "hrvqa-example.png")
+    note = (f"HR-VQA test image {Path(image).stem}: the first test image on which {run.name} answered every "
+            "question right" + (f", with a detail question {Path(args.baseline).name} got wrong" if preferred else "")
+            + f"; on all {total['total']} test questions it is right {100 * total['accuracy']:.1f}%")
+    example = {"image": "hrvqa-example.png", "note": note, "questions": [
+        {"question": r["conversations"][0]["value"].replace("<image>\n", ""), "answer": r["conversations"][1]["value"],
+         "kind": r["kind"], "subtype": r["subtype"]} for r in recs]}
+    (ROOT / "examples" / "hrvqa-example.json").write_text(json.dumps(example, indent=1) + "\n")
+    print(f"example -> examples/hrvqa-example.png ({note})")
+
+
+if __name__ == "__main__":
+    main()
