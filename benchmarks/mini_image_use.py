@@ -1,7 +1,9 @@
 """Does a trained model use the image? Loss on held-out records with their own image vs with another
 record's image (the batch's visual tokens rolled by one). Equal losses: the answers ignore the image.
 
-    python benchmarks/mini_image_use.py MODEL_DIR RECORDS.jsonl N     (the last N records, images in .cache/hrvqa)
+    python benchmarks/mini_image_use.py MODEL_DIR RECORDS.jsonl N [TEMPLATE]
+(the last N records, images in .cache/hrvqa). TEMPLATE: the prompt format the records were trained
+with; a stage-1 output is saved with its chat template, so pass `plain` for its captions.
 """
 import sys, json, torch
 import torch.nn.functional as F
@@ -10,6 +12,8 @@ from infllava.training.data import load_records, SupervisedDataset, collate
 torch.set_num_threads(1)
 model_dir, data, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 model, proc = load(model_dir, device='cpu')
+if len(sys.argv) > 4:
+    proc.template = sys.argv[4]
 recs, _ = load_records(data)
 recs = recs[-n:]  # the end of the file: not seen in short runs
 pc = model.config
