@@ -32,6 +32,8 @@ def main() -> int:
     print("infllava demo: INF-LLaVA-mini (EfficientNet-Lite0 + SmolLM2-135M-Instruct; DEM, projector")
     print(f"and LoRA trained on HR-VQA), shipped in {SHIPPED['inf-llava-mini'].relative_to(ROOT)}")
     print(f"image: {image_path.relative_to(ROOT)} ({example['note']})")
+    if example.get("caveat"):
+        print(f"NOTE: {example['caveat']}")
     print("=" * 72)
     model, processor = load("inf-llava-mini", device="cpu")
     picture = crops_picture(image_path, processor.image_processor, ROOT / ".cache" / "demo-crops.png")

@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--run", default="runs/mini-full")
     p.add_argument("--baseline", default="runs/mini-thumbnail")
     p.add_argument("--data", default=".cache/hrvqa")
+    p.add_argument("--caveat", default="", help="a warning the demo prints with the example (e.g. an under-trained model)")
     args = p.parse_args()
     run, data = ROOT / args.run, ROOT / args.data
 
@@ -63,7 +64,7 @@ def main() -> None:
     note = (f"HR-VQA test image {Path(image).stem}: the first test image on which {run.name} answered every "
             "question right" + (f", with a detail question {Path(args.baseline).name} got wrong" if preferred else "")
             + f"; on all {total['total']} test questions it is right {100 * total['accuracy']:.1f}%")
-    example = {"image": "hrvqa-example.png", "note": note, "questions": [
+    example = {"image": "hrvqa-example.png", "note": note, "caveat": args.caveat, "questions": [
         {"question": r["conversations"][0]["value"].replace("<image>\n", ""), "answer": r["conversations"][1]["value"],
          "kind": r["kind"], "subtype": r["subtype"]} for r in recs]}
     (ROOT / "examples" / "hrvqa-example.json").write_text(json.dumps(example, indent=1) + "\n")
