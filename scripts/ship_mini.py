@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from infllava.evaluation.hrvqa import load_jsonl, normalize_answer
+from infllava.evaluation.hrvqa import iter_questions, normalize_answer
 from infllava.inference import SHIPPED
 from infllava.parts import export_parts
 
@@ -49,11 +49,11 @@ def main() -> None:
     base_file = ROOT / args.baseline / "test_scores.json"
     base = json.loads(base_file.read_text())["predictions"] if base_file.exists() else {}
     by_image = defaultdict(list)
-    for rec in load_jsonl(data / "test.jsonl"):
-        by_image[rec["image"]].append(rec)
+    for q in iter_questions(data / "test.jsonl"):
+        by_image[q["image"]].append(q)
 
-    def right(p, rec):
-        return normalize_answer(p.get(rec["id"], "")) == normalize_answer(rec["conversations"][1]["value"])
+    def right(p, q):
+        return normalize_answer(p.get(q["id"], "")) == normalize_answer(q["answer"])
 
     candidates = [(img, recs) for img, recs in by_image.items() if all(right(preds, r) for r in recs)]
     if not candidates:
@@ -65,8 +65,8 @@ def main() -> None:
             "question right" + (f", with a detail question {Path(args.baseline).name} got wrong" if preferred else "")
             + f"; on all {total['total']} test questions it is right {100 * total['accuracy']:.1f}%")
     example = {"image": "hrvqa-example.png", "note": note, "caveat": args.caveat, "questions": [
-        {"question": r["conversations"][0]["value"].replace("<image>\n", ""), "answer": r["conversations"][1]["value"],
-         "kind": r["kind"], "subtype": r["subtype"]} for r in recs]}
+        {"question": q["prompt"].replace("<image>\n", ""), "answer": q["answer"], "kind": q["kind"],
+         "subtype": q["subtype"]} for q in recs]}
     (ROOT / "examples" / "hrvqa-example.json").write_text(json.dumps(example, indent=1) + "\n")
     print(f"example -> examples/hrvqa-example.png ({note})")
 

@@ -69,11 +69,8 @@ def _tokenize(processor, prompts):
 
     seqs = [tokenize_with_images(p, processor.tokenizer, processor.image_token_id, processor.num_image_tokens)
             for p in prompts]
-    pad = processor.pad_token_id
-    L = max(map(len, seqs))
-    ids = torch.tensor([[pad] * (L - len(s)) + s for s in seqs])
-    mask = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs])
-    return {"input_ids": ids, "attention_mask": mask}
+    ids, mask = processor._pad(seqs, "left")
+    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
 
 
 def evaluate(model_dir, data_path, image_root=".", out_path=None, batch_size: int = 8, max_new_tokens: int = 8,
