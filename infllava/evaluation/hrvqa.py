@@ -78,6 +78,7 @@ __all__ = [
     "make_scene",
     "render_scene",
     "make_sample",
+    "regions",
     "caption",
     "write_captions",
     "write_split",
@@ -564,17 +565,28 @@ def caption(scene: Scene) -> str:
     return " ".join(parts)
 
 
+def regions(scene: Scene) -> list[dict[str, Any]]:
+    """Grounded phrases of every object (the align stage's data, `infllava.training.align`):
+    [{"bbox": [x0, y0, x1, y1], "phrase": "large red square" | "small blue circle" | "digit 7"}]."""
+    return [{"bbox": list(o.bbox),
+             "phrase": f"digit {o.digit}" if o.kind == "box" else f"{o.kind} {o.describe()}"}
+            for o in scene.objects]
+
+
 def write_captions(out_dir: str | os.PathLike, split: str, num_images: int, size: int = REFERENCE_SIZE) -> Path:
-    """out_dir/{split}_captions.jsonl: one "<image>" -> caption record per image of the split (the
-    images themselves are those `write_split` writes; only the scenes are regenerated here)."""
+    """out_dir/{split}_captions.jsonl: one "<image>" -> caption record per image of the split, with the
+    objects' grounded phrases in "regions" (the images themselves are those `write_split` writes; only
+    the scenes are regenerated here)."""
     _check_args(split, 0, size)
     path = Path(out_dir) / f"{split}_captions.jsonl"
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for index in range(num_images):
+            scene = make_scene(split, index, size)
             rec = {"id": f"{split}-{index}-caption", "image": f"images/{split}/{index:06d}.png",
                    "conversations": [{"from": "human", "value": "<image>"},
-                                     {"from": "gpt", "value": caption(make_scene(split, index, size))}]}
+                                     {"from": "gpt", "value": caption(scene)}],
+                   "regions": regions(scene)}
             f.write(json.dumps(rec) + "\n")
     os.replace(tmp, path)
     return path

@@ -85,21 +85,40 @@ class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin)
     # ---- vision path ----
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> merged visual features before the projector, (B, T, d)."""
+        crops = self.image_crops(pixel_values)  # (B, N, 3, S, S)
+        feats = self.vision_tower(crops.flatten(0, 1))  # (B*N, T, d)
+        return self.merge_crop_features(feats.view(crops.shape[0], crops.shape[1], *feats.shape[1:]),
+                                        thumb_is_crop=self._thumb_is_crop(pixel_values))
+
+    def _crop_offsets(self) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+        """(global-crop offsets the output depends on, the centre offset)."""
+        cfg = self.config
+        grid = tuple(cfg.grid)
+        if cfg.views == "full":
+            offsets = list(self.dem.sample_offsets)  # global crops the DEM output depends on
+        elif cfg.views == "global":
+            offsets = [(i, j) for i in range(grid[0]) for j in range(grid[1])]
+        else:
+            offsets = []
+        return offsets, ((grid[0] - 1) // 2, (grid[1] - 1) // 2)
+
+    def _thumb_is_crop(self, pixel_values: torch.Tensor) -> bool:
+        # The thumbnail is global crop ((gh-1)/2, (gw-1)/2) exactly when the grid is odd and the
+        # pixels already have the input size (no resize).
+        cfg = self.config
+        return (tuple(pixel_values.shape[-2:]) == tuple(cfg.input_size)
+                and cfg.grid[0] % 2 == 1 and cfg.grid[1] % 2 == 1)
+
+    def image_crops(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the crops the tower must see, (B, N, 3, S, S): the local crops (views full /
+        local), the global crops the output depends on, and the thumbnail unless it is one of them."""
         cfg = self.config
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must be (B, 3, H, W), got {tuple(pixel_values.shape)}")
         grid, S = tuple(cfg.grid), cfg.tower_image_size
         x = resize_input(pixel_values, cfg.input_size)  # (B, 3, gh*S, gw*S)
-        K = grid[0] * grid[1]
-        if cfg.views == "full":
-            offsets = self.dem.sample_offsets  # global crops the DEM output depends on
-        elif cfg.views == "global":
-            offsets = [(i, j) for i in range(grid[0]) for j in range(grid[1])]
-        else:
-            offsets = []
-        # The thumbnail is global crop ((gh-1)/2, (gw-1)/2) exactly when the grid is odd and x is the input.
-        centre = ((grid[0] - 1) // 2, (grid[1] - 1) // 2)
-        thumb_is_crop = x is pixel_values and grid[0] % 2 == 1 and grid[1] % 2 == 1
+        offsets, centre = self._crop_offsets()
+        thumb_is_crop = self._thumb_is_crop(pixel_values)
         if thumb_is_crop and centre not in offsets:
             offsets = offsets + [centre]
         crops = [local_crops(x, grid)] if cfg.views in ("full", "local") else []  # (B, K, 3, S, S)
@@ -107,13 +126,22 @@ class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin)
                      if offsets else x.new_zeros(x.shape[0], 0, 3, S, S))  # (B, O, 3, S, S)
         if not thumb_is_crop:
             crops.append(thumbnail(pixel_values, S).unsqueeze(1))  # (B, 1, 3, S, S)
-        crops = torch.cat(crops, 1)
-        B, N = crops.shape[:2]
+        return torch.cat(crops, 1)
+
+    def merge_crop_features(self, feats: torch.Tensor, thumb_is_crop: bool = True) -> torch.Tensor:
+        """The tower's outputs for `image_crops` (B, N, T, d) -> merged visual features (B, T, d):
+        DEM over the local and global maps (+ the thumbnail), or the single view of an ablation."""
+        cfg = self.config
+        grid = tuple(cfg.grid)
+        K = grid[0] * grid[1]
         h, w = cfg.feature_grid
-        feats = self.vision_tower(crops.flatten(0, 1))  # (B*N, T, d)
-        if feats.shape[1] != h * w:
-            raise ValueError(f"vision tower returned {feats.shape[1]} tokens per crop, expected {h}x{w}")
+        B, N = feats.shape[:2]
+        if feats.shape[2] != h * w:
+            raise ValueError(f"vision tower returned {feats.shape[2]} tokens per crop, expected {h}x{w}")
         feats = feats.view(B, N, h, w, -1)
+        offsets, centre = self._crop_offsets()
+        if thumb_is_crop and centre not in offsets:
+            offsets = offsets + [centre]
         L = K if cfg.views in ("full", "local") else 0
         glob = feats[:, L: L + len(offsets)]
         thumb = glob[:, offsets.index(centre)] if thumb_is_crop else feats[:, -1]

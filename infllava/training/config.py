@@ -64,7 +64,9 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
-    stage: Literal["pretrain", "finetune"] = "pretrain"  # pretrain: DEM + projector; finetune: + LM (or LoRA)
+    # align: DEM + projector on grounded captions, no LM pass (training/align.py); pretrain: DEM + projector
+    # through the frozen LM; finetune: + LM (or LoRA)
+    stage: Literal["align", "pretrain", "finetune"] = "pretrain"
     output_dir: str = "runs/infllava"
     epochs: float = 1.0
     max_steps: int = 0  # > 0: stop after this many optimiser steps (overrides epochs)
@@ -88,6 +90,8 @@ class TrainConfig:
     # directory of a disk cache of the frozen tower's outputs per crop (model/feature_cache.py); "" = off.
     # Shared safely by runs and processes; pays when images come back (epochs, stages, view ablations).
     feature_cache: str = ""
+    # align stage: the phrase whose embedding is the target of visual tokens with no region in their cell
+    align_background: str = "background"
 
 
 @dataclass
@@ -118,6 +122,8 @@ class RunConfig:
         for r in t.report_to:
             if r not in ("tensorboard", "wandb"):
                 raise ConfigError(f"train.report_to: unknown {r!r} (tensorboard, wandb)")
+        if t.stage == "align" and not t.align_background.strip():
+            raise ConfigError("train.align_background must be a non-empty phrase")
         if t.lora.enabled and t.stage != "finetune":
             raise ConfigError("train.lora.enabled needs train.stage: finetune")
         return self

@@ -70,6 +70,10 @@ def train(cfg: RunConfig) -> Path:
     from accelerate.utils import set_seed
 
     t = cfg.train
+    if t.stage == "align":
+        from .align import train_align
+
+        return train_align(cfg)
     # A second train() in one process (tests, notebooks) may ask for another precision: accelerate keeps
     # its settings in a process-wide singleton, so drop them (the distributed set-up itself is kept).
     from accelerate.state import AcceleratorState
