@@ -14,8 +14,11 @@ few images for that to work (INF-LLaVA-mini: ~1000 images left own- and other-im
 model's h x w feature grid laid over its input (the padded / resized image; all views merge to that
 grid). The target of a token is the mean input embedding of the LM (frozen) over the tokens of the
 phrases whose box centre lies in its cell, or of `train.align_background` where no box centre does.
-Loss: the squared distance between projected token and target, averaged over tokens and divided by
-the mean squared norm of the LM's embedding rows (so 1.0 = predicting zeros).
+Loss (`align_loss`): the squared distance between projected token and target, averaged over tokens
+and divided by the mean squared norm of the LM's embedding rows (so 1.0 = predicting zeros), plus
+`train.align_word_weight` x a word cross-entropy: the token's cosine similarities with the candidate
+words (all phrase tokens of the data) over `train.align_temperature`, against its bag of phrase
+tokens. The distance alone is met by the words all phrases share and leaves out the telling one.
 
 The frozen tower runs once per image (through `train.feature_cache` when set); its outputs stay in
 memory (views full, 3x3 grid, 49 x 320 stage-8 features: ~0.3 MB per image in float16), and each
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ..processing import ImageLoadError
@@ -121,6 +125,38 @@ def align_targets(model, tokenizer, cells: Sequence[dict[int, list[str]]], backg
     return out
 
 
+def word_targets(tokenizer, cells: Sequence[dict[int, list[str]]], background: str, T: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(candidate token ids (C,), (N, T, C) distributions): each token's phrases as a bag of their
+    tokens over the candidate vocabulary (every token of every phrase, and the background's)."""
+    def ids(phrases):
+        return [i for p in phrases for i in tokenizer(p, add_special_tokens=False)["input_ids"]]
+
+    bags = [[ids(c.get(t, [background])) for t in range(T)] for c in cells]
+    vocab = sorted({i for img in bags for bag in img for i in bag})
+    where = {v: k for k, v in enumerate(vocab)}
+    dist = torch.zeros(len(cells), T, len(vocab))
+    for n, img in enumerate(bags):
+        for t, bag in enumerate(img):
+            for i in bag:
+                dist[n, t, where[i]] += 1.0 / len(bag)
+    return torch.tensor(vocab), dist
+
+
+def align_loss(x: torch.Tensor, target: torch.Tensor, dist: torch.Tensor, cand: torch.Tensor, scale: torch.Tensor,
+               temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(squared distance / scale, word cross-entropy), each averaged over tokens.
+
+    The distance pulls a token towards the mean embedding of its phrases (the LM's input scale); the
+    cross-entropy makes it name them: cosine similarities with the candidate words' embeddings over
+    `temperature`, against the token's bag of phrase tokens. The distance alone is met by the words
+    all phrases share ("small", "digit") and leaves the telling one (which digit) out."""
+    mse = (x - target).pow(2).sum(-1).mean() / scale
+    logits = F.normalize(x, dim=-1) @ F.normalize(cand, dim=-1).T / temperature
+    ce = -(dist * logits.log_softmax(-1)).sum(-1).mean()
+    return mse, ce
+
+
 def train_align(cfg: RunConfig) -> Path:
     """Run the align stage; returns OUTPUT/final (a model directory with adapter.safetensors)."""
     from accelerate.utils import set_seed
@@ -185,7 +221,10 @@ def train_align(cfg: RunConfig) -> Path:
     N = len(feats)
     feats = torch.stack(feats)  # (N, crops, T, d)
     targets = align_targets(model, processor.tokenizer, cells, t.align_background)
-    scale = model.get_input_embeddings().weight.detach().float().pow(2).sum(-1).mean()
+    emb = model.get_input_embeddings().weight.detach().float()
+    scale = emb.pow(2).sum(-1).mean()
+    cand_ids, dist = word_targets(processor.tokenizer, cells, t.align_background, mc.num_image_tokens)
+    cand = emb[cand_ids]
     print(f"align: {N} images ({skipped} skipped), tower {time.perf_counter() - t0:.0f} s", flush=True)
 
     B = min(t.global_batch_size, N)
@@ -205,7 +244,8 @@ def train_align(cfg: RunConfig) -> Path:
             order = torch.cat([order, torch.randperm(N, generator=g)])
         idx, order = order[:B], order[B:]
         x = model.projector(model.merge_crop_features(feats[idx].float()))
-        loss = (x - targets[idx]).pow(2).sum(-1).mean() / scale
+        mse, ce = align_loss(x, targets[idx], dist[idx], cand, scale, t.align_temperature)
+        loss = mse + t.align_word_weight * ce
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if t.max_grad_norm > 0:
@@ -214,10 +254,12 @@ def train_align(cfg: RunConfig) -> Path:
         sched.step()
         step += 1
         if step % t.log_every == 0 or step == total:
-            rec = {"step": step, "loss": round(float(loss.detach()), 6), "lr": sched.get_last_lr()[0],
+            rec = {"step": step, "loss": round(float(loss.detach()), 6), "distance": round(float(mse.detach()), 6),
+                   "word_ce": round(float(ce.detach()), 6), "lr": sched.get_last_lr()[0],
                    "samples_per_s": round(t.log_every * B / (time.perf_counter() - t0), 1)}
             log.write(json.dumps(rec) + "\n")
-            print(f"align: step {step}/{total} loss {rec['loss']:.4f}", flush=True)
+            print(f"align: step {step}/{total} loss {rec['loss']:.4f} (distance {rec['distance']:.4f}, "
+                  f"word cross-entropy {rec['word_ce']:.4f})", flush=True)
             t0 = time.perf_counter()
     log.close()
     model.eval()

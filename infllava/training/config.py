@@ -92,6 +92,8 @@ class TrainConfig:
     feature_cache: str = ""
     # align stage: the phrase whose embedding is the target of visual tokens with no region in their cell
     align_background: str = "background"
+    align_word_weight: float = 1.0  # weight of the word cross-entropy (0: the embedding distance only)
+    align_temperature: float = 0.05  # of that cross-entropy's cosine logits
 
 
 @dataclass
@@ -124,6 +126,8 @@ class RunConfig:
                 raise ConfigError(f"train.report_to: unknown {r!r} (tensorboard, wandb)")
         if t.stage == "align" and not t.align_background.strip():
             raise ConfigError("train.align_background must be a non-empty phrase")
+        if t.align_word_weight < 0 or t.align_temperature <= 0:
+            raise ConfigError("train.align_word_weight must be >= 0 and train.align_temperature > 0")
         if t.lora.enabled and t.stage != "finetune":
             raise ConfigError("train.lora.enabled needs train.stage: finetune")
         return self
