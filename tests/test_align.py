@@ -132,3 +132,37 @@ def test_align_without_any_grounded_record_says_so(tmp_path):
 def test_align_background_must_be_a_phrase():
     with pytest.raises(ConfigError, match="align_background"):
         load_config(TINY, ["data.path=x", "train.stage=align", "train.align_background= "])
+
+
+def test_word_targets_are_bags_of_phrase_tokens():
+    from infllava.training.align import word_targets
+
+    _, proc = build_model(load_config(TINY, ["data.path=x"]))
+    tok = proc.tokenizer
+    cand, dist = word_targets(tok, [{0: ["red square"]}, {1: ["blue"]}], "background", 3)
+    ids = lambda p: tok(p, add_special_tokens=False)["input_ids"]  # noqa: E731
+    assert set(cand.tolist()) == set(ids("red square") + ids("blue") + ids("background"))
+    assert dist.shape == (2, 3, len(cand))
+    torch.testing.assert_close(dist.sum(-1), torch.ones(2, 3))
+    col = {int(c): k for k, c in enumerate(cand)}
+    for i in ids("red square"):
+        assert dist[0, 0, col[i]] > 0
+    blue = ids("blue")  # a bag of the phrase's tokens, each 1/len (the tiny tokenizer spells words out)
+    assert abs(sum(float(dist[1, 1, col[i]]) for i in set(blue)) - 1.0) < 1e-6
+    assert float(dist[1, 1, col[blue[0]]]) == blue.count(blue[0]) / len(blue)
+
+
+def test_word_cross_entropy_tells_words_apart_where_the_distance_barely_does():
+    from infllava.training.align import align_loss
+
+    torch.manual_seed(0)
+    cand = torch.randn(3, 16)
+    shared = 4 * torch.randn(16)  # a word every phrase has ("digit"), much larger than the telling ones
+    target = shared + cand[0]  # "digit 0"
+    right, wrong = shared + cand[0], shared + cand[1]
+    dist = torch.tensor([[[1.0, 0.0, 0.0]]])
+    scale = torch.tensor(1.0)
+    d_right, ce_right = align_loss(right[None, None], target[None, None], dist, cand + shared, scale, 0.05)
+    d_wrong, ce_wrong = align_loss(wrong[None, None], target[None, None], dist, cand + shared, scale, 0.05)
+    assert d_right == 0 and d_wrong > 0
+    assert ce_wrong > ce_right + 0.5
