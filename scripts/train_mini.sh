@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Train and evaluate one INF-LLaVA-mini variant on the HR-VQA benchmark, from a fixed seed.
 #   scripts/train_mini.sh [full|thumbnail|local|global]
-# Budget knobs (the same for every variant of a comparison): S1_STEPS, S2_STEPS (optimiser steps of
-# 8 images, 2-4 questions each), EVAL_LIMIT (questions of the test split; default all).
+# Budget knobs (the same for every variant of a comparison):
+#   S0_EPOCHS (align stage: DEM + projector towards the LM's embeddings of grounded phrases, no LM pass;
+#              0 = skip), S1_STEPS (stage 1: captions through the frozen LM; 0 = skip), S2_STEPS
+#   (stage 2: VQA with LoRA), steps of 8 images; EVAL_LIMIT (questions of the test split; default all).
 # Data knobs (the CI smoke test shrinks them): DATA (default .cache/hrvqa), TRAIN_IMAGES (2000),
 # TEST_IMAGES (340 images = 1035 questions), RUNS (default runs). Outputs: $RUNS/mini-VIEWS/.
 # FEATURE_CACHE (default .cache/features; "" = off): the frozen tower's outputs per crop, shared by the
@@ -10,18 +12,29 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VIEWS="${1:-full}"
-S1="${S1_STEPS:-60}"; S2="${S2_STEPS:-80}"
+S0="${S0_EPOCHS:-10}"; S1="${S1_STEPS:-0}"; S2="${S2_STEPS:-80}"
 BIN="${BIN:-.venv/bin}"
 DATA="${DATA:-.cache/hrvqa}"
 RUN="${RUNS:-runs}/mini-$VIEWS"
+if [ "$S0" = 0 ] && [ "$S1" = 0 ]; then echo "train_mini.sh: S0_EPOCHS and S1_STEPS cannot both be 0" >&2; exit 2; fi
 [ -f "$DATA/test.jsonl" ] || "$BIN/infllava" hrvqa "$DATA" --train "${TRAIN_IMAGES:-2000}" --val 0 \
   --test "${TEST_IMAGES:-340}" --train-format all --captions
-D=("data.path=$DATA/train.jsonl" "data.images=$DATA" "train.feature_cache=${FEATURE_CACHE-.cache/features}")
+D=("data.images=$DATA" "train.feature_cache=${FEATURE_CACHE-.cache/features}")
 # a finished stage (final/ written) is not run again
-[ -f "$RUN/stage1/final/config.json" ] || "$BIN/infllava" train configs/mini/pretrain.yaml "${D[@]}" \
-  "data.path=$DATA/train_captions.jsonl" "model.views=$VIEWS" "train.output_dir=$RUN/stage1" "train.max_steps=$S1"
+BASE=""
+if [ "$S0" != 0 ]; then
+  [ -f "$RUN/stage0/final/config.json" ] || "$BIN/infllava" train configs/mini/align.yaml "${D[@]}" \
+    "data.path=$DATA/train_captions.jsonl" "model.views=$VIEWS" "train.output_dir=$RUN/stage0" "train.epochs=$S0"
+  BASE="$RUN/stage0/final"
+fi
+if [ "$S1" != 0 ]; then
+  [ -f "$RUN/stage1/final/config.json" ] || "$BIN/infllava" train configs/mini/pretrain.yaml "${D[@]}" \
+    "data.path=$DATA/train_captions.jsonl" "model.views=$VIEWS" "train.output_dir=$RUN/stage1" "train.max_steps=$S1" \
+    ${BASE:+"model.adapter=$BASE"}
+  BASE="$RUN/stage1/final"
+fi
 [ -f "$RUN/stage2/final/config.json" ] || "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" \
-  "model.base=$RUN/stage1/final" "train.output_dir=$RUN/stage2" "train.max_steps=$S2"
+  "data.path=$DATA/train.jsonl" "model.base=$BASE" "train.output_dir=$RUN/stage2" "train.max_steps=$S2"
 "$BIN/python" -c "from infllava.parts import export_parts; export_parts('$RUN/stage2/final', '$RUN/parts')"
 "$BIN/infllava" eval "$RUN/parts" --data "$DATA/test.jsonl" --images "$DATA" --out "$RUN/test_scores.json" \
   ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"}

@@ -1,5 +1,6 @@
 """CI smoke version of the INF-LLaVA-mini recipe: scripts/train_mini.sh end to end (benchmark
-generation, stage 1, stage 2 with LoRA, parts export, `infllava eval`) on 8 + 2 images, 1 step each."""
+generation, align stage, stage 1, stage 2 with LoRA, parts export, `infllava eval`) on 8 + 2 images,
+1 epoch / step each."""
 
 from __future__ import annotations
 
@@ -20,15 +21,19 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_train_mini_script_smoke(tmp_path):
     env = dict(os.environ, BIN=str(Path(sys.executable).parent), DATA=str(tmp_path / "hrvqa"), RUNS=str(tmp_path / "runs"),
-               TRAIN_IMAGES="8", TEST_IMAGES="2", S1_STEPS="1", S2_STEPS="1", FEATURE_CACHE=str(tmp_path / "fc"))
+               TRAIN_IMAGES="8", TEST_IMAGES="2", S0_EPOCHS="1", S1_STEPS="1", S2_STEPS="1", FEATURE_CACHE=str(tmp_path / "fc"))
     done = subprocess.run(["bash", str(ROOT / "scripts" / "train_mini.sh"), "full"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "runs" / "mini-full"
-    for stage in ("stage1", "stage2"):
+    for stage in ("stage0", "stage1", "stage2"):
         log = [json.loads(line) for line in (run / stage / "train.log").read_text().splitlines()]
         assert log[0]["config"]["model"]["views"] == "full" or stage == "stage2"
+        assert log[0]["config"]["train"]["stage"] == {"stage0": "align", "stage1": "pretrain", "stage2": "finetune"}[stage]
         assert any(r.get("step") == 1 for r in log), f"{stage} did not log its step"
+    # stage 1 starts from the align stage's adapter
+    log1 = [json.loads(line) for line in (run / "stage1" / "train.log").read_text().splitlines()]
+    assert log1[0]["config"]["model"]["adapter"] == str(run / "stage0" / "final")
     # stage 2 sees stage 1's 8 images again: their crops come from the feature cache
     assert log[-1]["feature_cache_hits"] > 0
     assert is_parts_dir(run / "parts")
