@@ -2,9 +2,12 @@
 # Train and evaluate one INF-LLaVA-mini variant on the HR-VQA benchmark, from a fixed seed.
 #   scripts/train_mini.sh [full|thumbnail|local|global]
 # Budget knobs (the same for every variant of a comparison):
-#   S0_EPOCHS (align stage: DEM + projector towards the LM's embeddings of grounded phrases, no LM pass;
-#              0 = skip), S1_STEPS (stage 1: captions through the frozen LM; 0 = skip), S2_STEPS
-#   (stage 2: VQA with LoRA), steps of 8 images; EVAL_LIMIT (questions of the test split; default all).
+#   S0_EPOCHS (default 0 = skip): the align stage, DEM + projector towards the LM's embeddings of
+#     grounded phrases, no LM pass (configs/mini/align.yaml);
+#   S1_STEPS (default 60; 0 = skip): stage 1, captions through the frozen LM;
+#   S2_STEPS (default 80): stage 2, VQA with LoRA; steps of 8 images;
+#   EVAL_LIMIT: questions of the test split (default all).
+# The defaults reproduce the shipped model; the align recipe of the README is S0_EPOCHS=10 S1_STEPS=0.
 # Data knobs (the CI smoke test shrinks them): DATA (default .cache/hrvqa), TRAIN_IMAGES (2000),
 # TEST_IMAGES (340 images = 1035 questions), RUNS (default runs). Outputs: $RUNS/mini-VIEWS/.
 # FEATURE_CACHE (default .cache/features; "" = off): the frozen tower's outputs per crop, shared by the
@@ -12,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VIEWS="${1:-full}"
-S0="${S0_EPOCHS:-10}"; S1="${S1_STEPS:-0}"; S2="${S2_STEPS:-80}"
+S0="${S0_EPOCHS:-0}"; S1="${S1_STEPS:-60}"; S2="${S2_STEPS:-80}"
 BIN="${BIN:-.venv/bin}"
 DATA="${DATA:-.cache/hrvqa}"
 RUN="${RUNS:-runs}/mini-$VIEWS"
