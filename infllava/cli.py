@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="cast the weights")
     v.set_defaults(func=_convert)
 
-    t = sub.add_parser("train", help="train a stage (pretrain / finetune) from a YAML config")
+    t = sub.add_parser("train", help="train a stage (align / pretrain / finetune) from a YAML config")
     t.add_argument("config", help="YAML file (see configs/)")
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-5")
     t.set_defaults(func=_train)
