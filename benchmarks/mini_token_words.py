@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from infllava.evaluation.hrvqa import COLORS, make_scene
 from infllava.inference import load
-from infllava.model.feature_cache import FeatureCache, tower_fingerprint
+from infllava.model.feature_cache import attach_feature_cache
 from infllava.processing import load_image
 from infllava.training.align import phrase_embedding
 
@@ -32,8 +32,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=100)
     a = p.parse_args()
     model, proc = load(a.model)
-    tower = model.vision_tower
-    tower.feature_cache = FeatureCache(".cache/features", tower_fingerprint(tower, model.config.vision_config.to_dict()))
+    attach_feature_cache(model, ".cache/features")
     emb, tok = model.get_input_embeddings().weight.detach(), proc.tokenizer
     colors = list(COLORS)
     digits = torch.stack([phrase_embedding(emb, tok, [f"digit {d}"]) for d in range(10)])

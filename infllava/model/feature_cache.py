@@ -90,3 +90,10 @@ class FeatureCache:
                 self._write(keys[i], f)
         device = crops.device
         return torch.stack([f.to(device) for f in found])
+
+
+def attach_feature_cache(model, root: str | os.PathLike) -> FeatureCache:
+    """Give `model.vision_tower` a FeatureCache under `root`, namespaced by the tower's fingerprint."""
+    tower = model.vision_tower
+    tower.feature_cache = FeatureCache(root, tower_fingerprint(tower, model.config.vision_config.to_dict()))
+    return tower.feature_cache

@@ -90,8 +90,9 @@ class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin)
         return self.merge_crop_features(feats.view(crops.shape[0], crops.shape[1], *feats.shape[1:]),
                                         thumb_is_crop=self._thumb_is_crop(pixel_values))
 
-    def _crop_offsets(self) -> tuple[list[tuple[int, int]], tuple[int, int]]:
-        """(global-crop offsets the output depends on, the centre offset)."""
+    def _crop_offsets(self, thumb_is_crop: bool) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+        """(offsets of the global crops the tower sees, the centre offset): those the output depends on,
+        plus the centre one when it serves as the thumbnail."""
         cfg = self.config
         grid = tuple(cfg.grid)
         if cfg.views == "full":
@@ -100,7 +101,10 @@ class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin)
             offsets = [(i, j) for i in range(grid[0]) for j in range(grid[1])]
         else:
             offsets = []
-        return offsets, ((grid[0] - 1) // 2, (grid[1] - 1) // 2)
+        centre = ((grid[0] - 1) // 2, (grid[1] - 1) // 2)
+        if thumb_is_crop and centre not in offsets:
+            offsets = offsets + [centre]
+        return offsets, centre
 
     def _thumb_is_crop(self, pixel_values: torch.Tensor) -> bool:
         # The thumbnail is global crop ((gh-1)/2, (gw-1)/2) exactly when the grid is odd and the
@@ -117,10 +121,8 @@ class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin)
             raise ValueError(f"pixel_values must be (B, 3, H, W), got {tuple(pixel_values.shape)}")
         grid, S = tuple(cfg.grid), cfg.tower_image_size
         x = resize_input(pixel_values, cfg.input_size)  # (B, 3, gh*S, gw*S)
-        offsets, centre = self._crop_offsets()
         thumb_is_crop = self._thumb_is_crop(pixel_values)
-        if thumb_is_crop and centre not in offsets:
-            offsets = offsets + [centre]
+        offsets, _ = self._crop_offsets(thumb_is_crop)
         crops = [local_crops(x, grid)] if cfg.views in ("full", "local") else []  # (B, K, 3, S, S)
         crops.append(torch.stack([global_crop(x, grid, i, j) for i, j in offsets], 1)
                      if offsets else x.new_zeros(x.shape[0], 0, 3, S, S))  # (B, O, 3, S, S)
@@ -139,9 +141,7 @@ class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin)
         if feats.shape[2] != h * w:
             raise ValueError(f"vision tower returned {feats.shape[2]} tokens per crop, expected {h}x{w}")
         feats = feats.view(B, N, h, w, -1)
-        offsets, centre = self._crop_offsets()
-        if thumb_is_crop and centre not in offsets:
-            offsets = offsets + [centre]
+        offsets, centre = self._crop_offsets(thumb_is_crop)
         L = K if cfg.views in ("full", "local") else 0
         glob = feats[:, L: L + len(offsets)]
         thumb = glob[:, offsets.index(centre)] if thumb_is_crop else feats[:, -1]

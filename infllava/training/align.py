@@ -41,9 +41,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from ..processing import ImageLoadError
+from ..processing import ImageLoadError, load_image
 from .build import apply_stage, build_model
 from .config import ConfigError, RunConfig
 from .data import load_records, resolve_image_path
@@ -108,21 +107,10 @@ def phrase_embedding(embeddings: torch.Tensor, tokenizer, phrases: Sequence[str]
 
 
 def align_targets(model, tokenizer, cells: Sequence[dict[int, list[str]]], background: str) -> torch.Tensor:
-    """(N, T, D) targets for N images from their `region_cells`."""
-    emb = model.get_input_embeddings().weight.detach()
-    T = model.config.num_image_tokens
-    memo: dict[tuple[str, ...], torch.Tensor] = {}
-
-    def vec(phrases: tuple[str, ...]) -> torch.Tensor:
-        if phrases not in memo:
-            memo[phrases] = phrase_embedding(emb, tokenizer, phrases)
-        return memo[phrases]
-
-    out = torch.empty(len(cells), T, emb.shape[1])
-    for n, c in enumerate(cells):
-        for t in range(T):
-            out[n, t] = vec(tuple(c.get(t, [background])))
-    return out
+    """(N, T, D) targets for N images from their `region_cells`: each token's bag of phrase tokens
+    (`word_targets`) averaged over the LM's input embeddings, i.e. `phrase_embedding` of its phrases."""
+    cand_ids, dist = word_targets(tokenizer, cells, background, model.config.num_image_tokens)
+    return dist @ model.get_input_embeddings().weight.detach().float()[cand_ids]
 
 
 def word_targets(tokenizer, cells: Sequence[dict[int, list[str]]], background: str, T: int
@@ -175,10 +163,9 @@ def train_align(cfg: RunConfig) -> Path:
     model, processor = build_model(cfg)
     apply_stage(model, cfg)
     if t.feature_cache:
-        from ..model.feature_cache import FeatureCache, tower_fingerprint
+        from ..model.feature_cache import attach_feature_cache
 
-        model.vision_tower.feature_cache = FeatureCache(
-            t.feature_cache, tower_fingerprint(model.vision_tower, model.config.vision_config.to_dict()))
+        attach_feature_cache(model, t.feature_cache)
     mc = model.config
     ip = processor.image_processor
     out.mkdir(parents=True, exist_ok=True)
@@ -199,9 +186,9 @@ def train_align(cfg: RunConfig) -> Path:
         if why is None:
             path = resolve_image_path(image, cfg.data.images)
             try:
-                with Image.open(path) as im:
-                    size = im.size
-                pixels = ip([path])
+                image = load_image(path, max_pixels=ip.max_pixels)  # EXIF-transposed: the size the model sees
+                pixels = ip([image])
+                size = image.size
                 c = region_cells(rec["regions"], size, tuple(mc.grid), tuple(mc.feature_grid), ip.aspect_mode)
             except (ImageLoadError, OSError, ValueError) as e:
                 why = f"{type(e).__name__}: {e}"
@@ -220,9 +207,9 @@ def train_align(cfg: RunConfig) -> Path:
         raise ConfigError(f"{cfg.data.path}: no record has an image and valid regions ({skipped} skipped; see {out}/train.log)")
     N = len(feats)
     feats = torch.stack(feats)  # (N, crops, T, d)
-    targets = align_targets(model, processor.tokenizer, cells, t.align_background)
     emb = model.get_input_embeddings().weight.detach().float()
     scale = emb.pow(2).sum(-1).mean()
+    # each token's bag of phrase tokens; its distance target is the bag's mean embedding, dist @ cand
     cand_ids, dist = word_targets(processor.tokenizer, cells, t.align_background, mc.num_image_tokens)
     cand = emb[cand_ids]
     print(f"align: {N} images ({skipped} skipped), tower {time.perf_counter() - t0:.0f} s", flush=True)
@@ -244,7 +231,7 @@ def train_align(cfg: RunConfig) -> Path:
             order = torch.cat([order, torch.randperm(N, generator=g)])
         idx, order = order[:B], order[B:]
         x = model.projector(model.merge_crop_features(feats[idx].float()))
-        mse, ce = align_loss(x, targets[idx], dist[idx], cand, scale, t.align_temperature)
+        mse, ce = align_loss(x, dist[idx] @ cand, dist[idx], cand, scale, t.align_temperature)
         loss = mse + t.align_word_weight * ce
         opt.zero_grad(set_to_none=True)
         loss.backward()

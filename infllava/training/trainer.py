@@ -90,10 +90,9 @@ def train(cfg: RunConfig) -> Path:
     model, processor = build_model(cfg)
     apply_stage(model, cfg)
     if t.feature_cache:
-        from ..model.feature_cache import FeatureCache, tower_fingerprint
+        from ..model.feature_cache import attach_feature_cache
 
-        tower = model.vision_tower
-        tower.feature_cache = FeatureCache(t.feature_cache, tower_fingerprint(tower, model.config.vision_config.to_dict()))
+        attach_feature_cache(model, t.feature_cache)
 
     records, problems = load_records(cfg.data.path)
     pc = model.config
