@@ -1,5 +1,5 @@
 """CI smoke version of the INF-LLaVA-mini recipe: scripts/train_mini.sh end to end (benchmark
-generation, align stage, stage 1, stage 2 with LoRA, parts export, `infllava eval`) on 8 + 2 images,
+generation, align stage, stage 1, stage 2 with LoRA and its continuation, parts export, `infllava eval`) on 8 + 2 images,
 1 epoch / step each."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_train_mini_script_smoke(tmp_path):
     env = dict(os.environ, BIN=str(Path(sys.executable).parent), DATA=str(tmp_path / "hrvqa"), RUNS=str(tmp_path / "runs"),
-               TRAIN_IMAGES="8", TEST_IMAGES="2", S0_EPOCHS="1", S1_STEPS="1", S2_STEPS="1", FEATURE_CACHE=str(tmp_path / "fc"))
+               TRAIN_IMAGES="8", TEST_IMAGES="2", S0_EPOCHS="1", S1_STEPS="1", S2_STEPS="1", S2_MORE_STEPS="1", FEATURE_CACHE=str(tmp_path / "fc"))
     done = subprocess.run(["bash", str(ROOT / "scripts" / "train_mini.sh"), "full"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -36,10 +36,16 @@ def test_train_mini_script_smoke(tmp_path):
     assert log1[0]["config"]["model"]["adapter"] == str(run / "stage0" / "final")
     # stage 2 sees stage 1's 8 images again: their crops come from the feature cache
     assert log[-1]["feature_cache_hits"] > 0
-    assert is_parts_dir(run / "parts")
+    assert is_parts_dir(run / "parts") and is_parts_dir(run / "parts-b")
+    # the continuation starts from stage 2's output with its own seed
+    logb = [json.loads(line) for line in (run / "stage2b" / "train.log").read_text().splitlines()]
+    assert logb[0]["config"]["model"]["base"] == str(run / "stage2" / "final")
+    assert logb[0]["config"]["train"]["seed"] == 1 and any(r.get("step") == 1 for r in logb)
     n_test = sum(1 for _ in open(tmp_path / "hrvqa" / "test.jsonl"))
-    scores = json.loads((run / "test_scores.json").read_text())["scores"]
-    assert scores["total"] == n_test and scores["missing"] == 0
-    assert set(scores["by_kind"]) <= {"detail", "global"}
+    for name in ("test_scores.json", "test_scores_b.json"):
+        scores = json.loads((run / name).read_text())["scores"]
+        assert scores["total"] == n_test and scores["missing"] == 0
+        assert set(scores["by_kind"]) <= {"detail", "global"}
+    assert json.loads((run / "test_scores_b.json").read_text())["scores"]["model"] == str(run / "parts-b")
     model, processor = infllava.load(run / "parts", device="cpu")
     assert model.config.views == "full" and model.config.dem_downsample == "avgpool"

@@ -80,6 +80,16 @@ def test_stage_freezing(tmp_path, stage, lora):
         assert len(lm) == sum(1 for _ in model.language_model.parameters())
 
 
+def test_freeze_mm_trains_only_the_lm(tmp_path):
+    cfg = load_config(TINY, ["data.path=x", "train.stage=finetune", "train.lora.enabled=true", "train.freeze_mm=true"])
+    model, _ = build_model(cfg)
+    apply_stage(model, cfg)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("language_model.") and "lora_" in n for n in trainable)
+    with pytest.raises(ConfigError, match="freeze_mm"):
+        load_config(TINY, ["data.path=x", "train.stage=pretrain", "train.freeze_mm=true"])
+
+
 def test_tower_runs_without_gradients():
     cfg = load_config(TINY, ["data.path=x"])
     model, _ = build_model(cfg)
@@ -132,6 +142,18 @@ def test_pretrain_then_finetune_then_chat(tmp_path, capsys):
     Image.new("RGB", (20, 20), (200, 0, 0)).save(tmp_path / "red.png")
     assert cli_main(["chat", str(final2), "--image", str(tmp_path / "red.png"), "colour?",
                      "--max-new-tokens", "3"]) == 0
+
+
+def test_finetune_with_frozen_mm_keeps_the_adapter(tmp_path):
+    base = train(cfg_for(tmp_path, "train.max_steps=1"))
+    cfg = cfg_for(tmp_path / "s2", "train.max_steps=2", "train.stage=finetune", "train.freeze_mm=true",
+                  "train.lora.enabled=true", "train.lr=1e-2", kind="qa")
+    cfg.model.preset, cfg.model.base = None, str(base)
+    final = train(cfg)
+    a, b = load_file(str(base / "adapter.safetensors")), load_file(str(final / "adapter.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lora = load_file(str(final / "lora.safetensors"))
+    assert any(k.endswith("lora_B") and v.abs().max() > 0 for k, v in lora.items())  # the LM did train
 
 
 def test_official_mm_projector_bin_initialises_stage_2(tmp_path):

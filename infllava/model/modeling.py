@@ -61,7 +61,8 @@ class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin)
         )
         self.dem = DualPerspectiveEnhancement(config)
         self.projector = Projector(
-            config.projector_type, config.vision_config.hidden_size, config.text_config.hidden_size
+            config.projector_type, config.vision_config.hidden_size, config.text_config.hidden_size,
+            input_norm=config.projector_input_norm,
         )
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()

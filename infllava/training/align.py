@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..processing import ImageLoadError, load_image
-from .build import apply_stage, build_model
+from .build import apply_stage, build_model, fit_projector_input_norm
 from .config import ConfigError, RunConfig
 from .data import load_records, resolve_image_path
 
@@ -207,6 +207,11 @@ def train_align(cfg: RunConfig) -> Path:
         raise ConfigError(f"{cfg.data.path}: no record has an image and valid regions ({skipped} skipped; see {out}/train.log)")
     N = len(feats)
     feats = torch.stack(feats)  # (N, crops, T, d)
+    if model.projector.needs_fit:
+        with torch.no_grad():
+            n = fit_projector_input_norm(model, (model.merge_crop_features(feats[i: i + 32].float())
+                                                 for i in range(0, N, 32)))
+        print(f"align: projector input statistics fitted on {n} images", flush=True)
     emb = model.get_input_embeddings().weight.detach().float()
     scale = emb.pow(2).sum(-1).mean()
     # each token's bag of phrase tokens; its distance target is the bag's mean embedding, dist @ cand

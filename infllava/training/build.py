@@ -45,7 +45,8 @@ def build_model(cfg: RunConfig):
 
 def _dem_overrides(m) -> dict:
     out = dict(grid=list(m.grid), vision_feature_layer=m.vision_feature_layer, projector_type=m.projector_type,
-               dem_share_attention=m.dem_share_attention, dem_downsample=m.dem_downsample, views=m.views)
+               dem_share_attention=m.dem_share_attention, dem_downsample=m.dem_downsample, views=m.views,
+               projector_input_norm=m.projector_input_norm)
     if m.dem_num_heads is not None:
         out["dem_num_heads"] = m.dem_num_heads
     if m.dem_ffn_ratio is not None:
@@ -122,6 +123,27 @@ def load_adapter(model: InfLlavaForConditionalGeneration, path: str | Path) -> N
     model.load_state_dict(sd, strict=False)
 
 
+NORM_FIT_IMAGES = 256  # training images whose visual features fit the projector's input statistics
+
+
+@torch.no_grad()
+def fit_projector_input_norm(model: InfLlavaForConditionalGeneration, merged_features) -> int:
+    """Fit `projector.input_mean/std` (config.projector_input_norm) once, before the first training
+    step, from an iterable of merged visual features (B, T, d) of training images (the first
+    `NORM_FIT_IMAGES` are used; deterministic, so every process of a run fits the same numbers).
+    Returns the number of images used."""
+    chunks, n = [], 0
+    for f in merged_features:
+        chunks.append(f.float().cpu())
+        n += f.shape[0]
+        if n >= NORM_FIT_IMAGES:
+            break
+    if not chunks:
+        raise ConfigError("model.projector_input_norm: no training image to fit the projector's input statistics on")
+    model.projector.fit_input_norm(torch.cat(chunks)[:NORM_FIT_IMAGES])
+    return min(n, NORM_FIT_IMAGES)
+
+
 def adapter_state_dict(model: InfLlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
             if k.startswith(("dem.", "projector."))}
@@ -131,8 +153,8 @@ def apply_stage(model: InfLlavaForConditionalGeneration, cfg: RunConfig) -> None
     """Freeze / unfreeze per stage; wrap the LM with LoRA when asked."""
     t = cfg.train
     model.requires_grad_(False)
-    model.dem.requires_grad_(True)
-    model.projector.requires_grad_(True)
+    model.dem.requires_grad_(not t.freeze_mm)
+    model.projector.requires_grad_(not t.freeze_mm)
     if t.stage == "finetune":
         if t.lora.enabled:
             from peft import LoraConfig, get_peft_model

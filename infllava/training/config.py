@@ -34,6 +34,7 @@ class ModelConfig:
     grid: list[int] = field(default_factory=lambda: [3, 3])  # crops per side (built models only)
     vision_feature_layer: int = -2
     projector_type: str = "mlp2x_gelu"
+    projector_input_norm: bool = False  # fixed per-channel standardisation of the projector input (InfLlavaConfig)
     dem_num_heads: int | None = None  # None: the preset's / InfLlavaConfig's default (8)
     dem_ffn_ratio: int | None = None  # None: the preset's / InfLlavaConfig's default (16)
     dem_share_attention: bool = True
@@ -74,6 +75,7 @@ class TrainConfig:
     micro_batch_size: int = 16  # samples per forward pass per process; accumulation fills the rest
     lr: float = 1e-3
     projector_lr: float = 0.0  # > 0: peak LR of the DEM + projector (LLaVA's mm_projector_lr); 0: train.lr
+    freeze_mm: bool = False  # finetune only: DEM + projector stay as loaded, only the LM trains (LLaVA's freeze_mm_mlp_adapter)
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     scheduler: Literal["cosine", "constant"] = "cosine"
@@ -117,6 +119,8 @@ class RunConfig:
             raise ConfigError(f"train.lr must be > 0, got {t.lr}")
         if t.projector_lr < 0:
             raise ConfigError(f"train.projector_lr must be >= 0 (0: use train.lr), got {t.projector_lr}")
+        if t.freeze_mm and t.stage != "finetune":
+            raise ConfigError(f"train.freeze_mm: only stage finetune trains the LM; in stage {t.stage} nothing would train")
         if not 0 <= t.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
         if t.keep_last < 1:

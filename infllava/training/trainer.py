@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..parts import lora_factors
-from .build import ADAPTER_FILE, adapter_state_dict, apply_stage, build_model, merge_lora
+from .build import ADAPTER_FILE, adapter_state_dict, apply_stage, build_model, fit_projector_input_norm, merge_lora
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from .config import ConfigError, RunConfig
 from .data import SupervisedDataset, collate, grouped_order, load_records
@@ -98,6 +98,10 @@ def train(cfg: RunConfig) -> Path:
     pc = model.config
     dataset = SupervisedDataset(records, cfg.data.images, processor.tokenizer, processor.image_processor,
                                 processor.template, pc.image_token_id, pc.num_image_tokens, cfg.data.max_length)
+    if model.projector.needs_fit:
+        n = fit_projector_input_norm(model, _merged_features(model, dataset))
+        if rank == 0:
+            print(f"projector input statistics fitted on {n} training images", flush=True)
     G, mb = t.global_batch_size, t.micro_batch_size
     if G % (mb * world):
         raise ConfigError(f"train.global_batch_size={G} is not a multiple of micro_batch_size x processes = {mb} x {world}")
@@ -221,6 +225,27 @@ def train(cfg: RunConfig) -> Path:
         _save_final(acc.unwrap_model(model), processor, final)
     acc.wait_for_everyone()
     return final
+
+
+def _merged_features(model, dataset, batch: int = 8):
+    """Merged visual features (B, T, d) of the dataset's samples with one image each, in order."""
+    was_training = model.training
+    model.eval()
+    pending = []
+    try:
+        for i in range(len(dataset)):
+            item = dataset[i]
+            pv = item.get("pixel_values")
+            if pv is None or pv.shape[0] != 1:
+                continue
+            pending.append(pv)
+            if len(pending) == batch:
+                yield model.encode_images(torch.cat(pending))
+                pending = []
+        if pending:
+            yield model.encode_images(torch.cat(pending))
+    finally:
+        model.train(was_training)
 
 
 def _micro_loss(model, b, acc, n_global, world):
