@@ -6,6 +6,8 @@
 #     grounded phrases, no LM pass (configs/mini/align.yaml);
 #   S1_STEPS (default 60; 0 = skip): stage 1, captions through the frozen LM;
 #   S2_STEPS (default 80): stage 2, VQA with LoRA; steps of 8 images;
+#   S2_FREEZE_MM (default 0; 1 = on): stage 2 keeps DEM + projector as the earlier stage left them
+#     and trains only the LM's LoRA (train.freeze_mm);
 #   S2_MORE_STEPS (default 0): continue stage 2 from its output for this many more steps (seed 1,
 #     a fresh warmup + cosine schedule) into stage2b/; both stages are exported and evaluated;
 #   EVAL_LIMIT: questions of the test split (default all).
@@ -18,6 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VIEWS="${1:-full}"
 S0="${S0_EPOCHS:-0}"; S1="${S1_STEPS:-60}"; S2="${S2_STEPS:-80}"; S2B="${S2_MORE_STEPS:-0}"
+FREEZE=(); [ "${S2_FREEZE_MM:-0}" = 1 ] && FREEZE=("train.freeze_mm=true")
 BIN="${BIN:-.venv/bin}"
 DATA="${DATA:-.cache/hrvqa}"
 RUN="${RUNS:-runs}/mini-$VIEWS"
@@ -39,7 +42,7 @@ if [ "$S1" != 0 ]; then
   BASE="$RUN/stage1/final"
 fi
 [ -f "$RUN/stage2/final/config.json" ] || "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" \
-  "data.path=$DATA/train.jsonl" "model.base=$BASE" "train.output_dir=$RUN/stage2" "train.max_steps=$S2"
+  "data.path=$DATA/train.jsonl" "model.base=$BASE" "train.output_dir=$RUN/stage2" "train.max_steps=$S2" ${FREEZE[@]+"${FREEZE[@]}"}
 score() {  # export the parts of a stage-2 run and score them on the test split
   "$BIN/python" -c "from infllava.parts import export_parts; export_parts('$RUN/$1/final', '$RUN/$2')"
   [ -f "$RUN/$3" ] || "$BIN/infllava" eval "$RUN/$2" --data "$DATA/test.jsonl" --images "$DATA" \
@@ -49,6 +52,6 @@ score stage2 parts test_scores.json
 if [ "$S2B" != 0 ]; then
   [ -f "$RUN/stage2b/final/config.json" ] || "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" \
     "data.path=$DATA/train.jsonl" "model.base=$RUN/stage2/final" "train.output_dir=$RUN/stage2b" \
-    "train.max_steps=$S2B" "train.seed=1"
+    "train.max_steps=$S2B" "train.seed=1" ${FREEZE[@]+"${FREEZE[@]}"}
   score stage2b parts-b test_scores_b.json
 fi

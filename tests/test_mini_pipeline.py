@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_train_mini_script_smoke(tmp_path):
     env = dict(os.environ, BIN=str(Path(sys.executable).parent), DATA=str(tmp_path / "hrvqa"), RUNS=str(tmp_path / "runs"),
-               TRAIN_IMAGES="8", TEST_IMAGES="2", S0_EPOCHS="1", S1_STEPS="1", S2_STEPS="1", S2_MORE_STEPS="1", FEATURE_CACHE=str(tmp_path / "fc"))
+               TRAIN_IMAGES="8", TEST_IMAGES="2", S0_EPOCHS="1", S1_STEPS="1", S2_STEPS="1", S2_MORE_STEPS="1", S2_FREEZE_MM="1", FEATURE_CACHE=str(tmp_path / "fc"))
     done = subprocess.run(["bash", str(ROOT / "scripts" / "train_mini.sh"), "full"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -41,6 +41,7 @@ def test_train_mini_script_smoke(tmp_path):
     logb = [json.loads(line) for line in (run / "stage2b" / "train.log").read_text().splitlines()]
     assert logb[0]["config"]["model"]["base"] == str(run / "stage2" / "final")
     assert logb[0]["config"]["train"]["seed"] == 1 and any(r.get("step") == 1 for r in logb)
+    assert log[0]["config"]["train"]["freeze_mm"] and logb[0]["config"]["train"]["freeze_mm"]
     n_test = sum(1 for _ in open(tmp_path / "hrvqa" / "test.jsonl"))
     for name in ("test_scores.json", "test_scores_b.json"):
         scores = json.loads((run / name).read_text())["scores"]
