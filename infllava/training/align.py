@@ -208,9 +208,8 @@ def train_align(cfg: RunConfig) -> Path:
     N = len(feats)
     feats = torch.stack(feats)  # (N, crops, T, d)
     if model.projector.needs_fit:
-        with torch.no_grad():
-            n = fit_projector_input_norm(model, (model.merge_crop_features(feats[i: i + 32].float())
-                                                 for i in range(0, N, 32)))
+        # the generator runs inside fit_projector_input_norm (no_grad) and stops at its image budget
+        n = fit_projector_input_norm(model, (model.merge_crop_features(feats[i: i + 32].float()) for i in range(0, N, 32)))
         print(f"align: projector input statistics fitted on {n} images", flush=True)
     emb = model.get_input_embeddings().weight.detach().float()
     scale = emb.pow(2).sum(-1).mean()
