@@ -112,7 +112,8 @@ def _eval(args) -> int:
 
     hf_logging.disable_progress_bar()
     r = evaluate(args.model_dir, args.data, args.images, args.out, batch_size=args.batch_size,
-                 max_new_tokens=args.max_new_tokens, limit=args.limit, device=args.device, dtype=args.dtype)
+                 max_new_tokens=args.max_new_tokens, limit=args.limit, device=args.device, dtype=args.dtype,
+                 feature_cache=args.feature_cache)
     print(f"model {r['model']} (views: {r['views']}) on {r['data']}: {r['seconds']} s")
     print(f"  overall   {100 * r['accuracy']:6.2f}%  ({r['correct']}/{r['total']})")
     for group in ("by_kind", "by_subtype"):
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="only the first N questions")
     e.add_argument("--device", default=None)
     e.add_argument("--dtype", default=None)
+    e.add_argument("--feature-cache", default=None,
+                   help="folder caching the frozen tower's outputs per crop (shared by the view ablations)")
     e.set_defaults(func=_eval)
 
     h = sub.add_parser("hrvqa", help="write the procedural high-resolution VQA benchmark", add_help=False)

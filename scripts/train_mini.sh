@@ -25,9 +25,17 @@ BIN="${BIN:-.venv/bin}"
 DATA="${DATA:-.cache/hrvqa}"
 RUN="${RUNS:-runs}/mini-$VIEWS"
 if [ "$S0" = 0 ] && [ "$S1" = 0 ]; then echo "train_mini.sh: S0_EPOCHS and S1_STEPS cannot both be 0" >&2; exit 2; fi
-[ -f "$DATA/test.jsonl" ] || "$BIN/infllava" hrvqa "$DATA" --train "${TRAIN_IMAGES:-2000}" --val 0 \
-  --test "${TEST_IMAGES:-340}" --train-format all --captions
-D=("data.images=$DATA" "train.feature_cache=${FEATURE_CACHE-.cache/features}")
+# (re)write the benchmark when it is missing or another generator version / size wrote it
+HAVE=$("$BIN/python" -c "import json,sys; i=json.load(open(sys.argv[1])); print(i['version'], i['splits']['train']['images'], i['splits']['test']['images'], i.get('train_every_subtype', False))" "$DATA/hrvqa.json" 2>/dev/null || true)
+WANT=$("$BIN/python" -c "from infllava.evaluation.hrvqa import HRVQA_VERSION as v; print(v, '${TRAIN_IMAGES:-2000}', '${TEST_IMAGES:-340}', True)")
+if [ "$HAVE" != "$WANT" ]; then
+  [ -z "$HAVE" ] || echo "train_mini.sh: $DATA holds HR-VQA ($HAVE), want ($WANT): rewriting it" >&2
+  rm -rf "$DATA/images" "$DATA"/*.jsonl
+  "$BIN/infllava" hrvqa "$DATA" --train "${TRAIN_IMAGES:-2000}" --val 0 --test "${TEST_IMAGES:-340}" \
+    --train-format all --train-every-subtype --captions
+fi
+FC="${FEATURE_CACHE-.cache/features}"
+D=("data.images=$DATA" "train.feature_cache=$FC")
 # a finished stage (final/ written) is not run again
 BASE=""
 if [ "$S0" != 0 ]; then
@@ -46,7 +54,7 @@ fi
 score() {  # export the parts of a stage-2 run and score them on the test split
   "$BIN/python" -c "from infllava.parts import export_parts; export_parts('$RUN/$1/final', '$RUN/$2')"
   [ -f "$RUN/$3" ] || "$BIN/infllava" eval "$RUN/$2" --data "$DATA/test.jsonl" --images "$DATA" \
-    --out "$RUN/$3" ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"}
+    --out "$RUN/$3" ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} ${FC:+--feature-cache "$FC"}
 }
 score stage2 parts test_scores.json
 if [ "$S2B" != 0 ]; then

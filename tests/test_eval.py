@@ -56,3 +56,19 @@ def test_predict_with_shared_image_features_equals_plain_generate(tmp_path):
             out = model.generate(**enc, max_new_tokens=4, do_sample=False)
         ref = processor.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         assert preds[r["id"]] == ref, r["id"]
+
+
+def test_eval_with_a_feature_cache_gives_the_same_predictions(tmp_path):
+    from infllava.evaluation.evaluate import evaluate
+
+    model = build_tiny_model(tmp_path / "model")
+    data = write_split(tmp_path / "bench", "test", 2)
+    kw = dict(image_root=tmp_path / "bench", batch_size=3, max_new_tokens=2)
+    plain = evaluate(model, data, out_path=tmp_path / "a.json", **kw)
+    cached = evaluate(model, data, out_path=tmp_path / "b.json", feature_cache=tmp_path / "cache", **kw)
+    again = evaluate(model, data, out_path=tmp_path / "c.json", feature_cache=tmp_path / "cache", **kw)
+    files = list((tmp_path / "cache").rglob("*.safetensors"))
+    assert files  # the tower's outputs were stored, and read back by the second run
+    preds = [json.loads((tmp_path / f"{n}.json").read_text())["predictions"] for n in "abc"]
+    assert preds[0] == preds[1] == preds[2]
+    assert plain["accuracy"] == cached["accuracy"] == again["accuracy"]

@@ -107,16 +107,11 @@ def test_detail_targets_small_unique_and_off_tile_borders():
             assert all(not (lo - 2 < b < hi + 2) for b in (tile, 2 * tile))
         assert meta["tile"] == [y0 // tile, x0 // tile]
         assert meta["local_crop"] == meta["tile"][0] * GRID + meta["tile"][1]
-        small = scene.of_kind("small")
-        if q["subtype"] == "color":
-            shape = q["question"].split("small ")[1].rstrip("?")
-            targets = [o for o in small if o.shape == shape]
-        elif q["subtype"] == "shape":
-            color = q["question"].split("small ")[1].split(" object")[0]
-            targets = [o for o in small if o.color == color]
-        else:
-            targets = scene.of_kind("box")
-        assert len(targets) == 1, q  # "the small square" etc. names exactly one object
+        targets = scene.of_kind("box" if q["subtype"] == "digit" else "small")
+        assert len(targets) == 1, q  # "the small shape" / "the small white box" names exactly one object
+        assert q["question"] == {"color": "What color is the small shape?",
+                                 "shape": "What shape is the small colored object?",
+                                 "digit": "What digit is written in the small white box?"}[q["subtype"]]
         t = targets[0]
         assert list(t.bbox) == meta["bbox"]
         assert q["answer"] == {"color": t.color, "shape": t.shape, "digit": str(t.digit)}[q["subtype"]]
@@ -191,9 +186,7 @@ def test_descriptions_unique_per_image():
     for scene in SCENES["train"]:
         descs = [o.describe() for o in scene.objects]
         assert len(descs) == len(set(descs))
-        small = scene.of_kind("small")
-        assert 2 <= len(small) <= 3
-        assert len({o.shape for o in small}) == len(small) and len({o.color for o in small}) == len(small)
+        assert len(scene.of_kind("small")) == 1
         assert len(scene.of_kind("box")) == 1 and 3 <= len(scene.of_kind("large")) <= 10
         assert min(o.side for o in scene.of_kind("large")) >= 2 * max(o.side for o in scene.objects
                                                                        if o.kind != "large")
@@ -313,3 +306,19 @@ def test_captions_list_every_object_and_the_digit(tmp_path):
     assert [r["image"] for r in recs] == [f"images/train/{i:06d}.png" for i in range(3)]
     assert recs[0]["conversations"][0]["value"] == "<image>"
     assert recs[0]["conversations"][1]["value"] == caption(make_scene("train", 0))
+
+
+def test_every_subtype_adds_questions_to_the_same_scene(tmp_path):
+    for index in range(12):
+        base = hrvqa.make_scene("train", index)
+        dense = hrvqa.make_scene("train", index, every_subtype=True)
+        assert dense.objects == base.objects and dense.background_seed == base.background_seed
+        assert dense.questions[: len(base.questions)] == base.questions  # the 2-4 drawn ones come first
+        subtypes = [q["subtype"] for q in dense.questions]
+        assert len(subtypes) == len(set(subtypes))
+        # every subtype unless the scene has no qualifying pair for relation / higher
+        assert set(hrvqa.DETAIL_SUBTYPES + ("count", "largest")) <= set(subtypes)
+    path = write_split(tmp_path, "train", 3, questions_per_record="all", every_subtype=True)
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [len(r["subtypes"]) for r in recs] == [len(hrvqa.make_scene("train", i, every_subtype=True).questions)
+                                                  for i in range(3)]

@@ -74,7 +74,11 @@ def _tokenize(processor, prompts):
 
 
 def evaluate(model_dir, data_path, image_root=".", out_path=None, batch_size: int = 8, max_new_tokens: int = 8,
-             limit: int | None = None, device=None, dtype=None) -> dict:
+             limit: int | None = None, device=None, dtype=None, feature_cache=None) -> dict:
+    """Score `model_dir` on the questions of `data_path`. feature_cache: a folder for the frozen tower's
+    outputs per crop (`infllava.model.feature_cache`): the view ablations of one benchmark share their
+    crops (full = local crops + the centre global crop, which is also the thumbnail), so each crop of
+    the test images runs through the tower once for all of them."""
     from ..inference import load
     from .hrvqa import score
 
@@ -84,6 +88,10 @@ def evaluate(model_dir, data_path, image_root=".", out_path=None, batch_size: in
     if limit:
         records = records[:limit]
     model, processor = load(model_dir, device=device, dtype=dtype)
+    if feature_cache:
+        from ..model.feature_cache import attach_feature_cache
+
+        attach_feature_cache(model, feature_cache)
     t0 = time.perf_counter()
     preds = predict(model, processor, records, image_root, batch_size, max_new_tokens)
     result = score(preds, records)

@@ -5,16 +5,20 @@ crops (contiguous 224-px tiles, full detail of one region each), 3 x 3 global cr
 sampling, each a coarse view of the whole scene) and a 224-px thumbnail. The benchmark asks two
 kinds of question about synthetic scenes so that each perspective is needed:
 
-* **detail** (subtypes ``color``, ``shape``, ``digit``): about an object 10-18 px across at 672 px,
-  i.e. 3-6 px in any single 224-px view of the whole image. "What color is the small square?",
-  "What shape is the small red object?", "What digit is written in the small white box?". Every
-  image holds 2-3 small shapes whose shapes are pairwise distinct and whose colors are pairwise
-  distinct (so "the small square" and "the small red object" name exactly one object), plus one
-  small white box (18 px) holding a ~12-px digit. At 224 px the small shapes are colored blobs of
-  ~4 px (the shape, hence which blob is meant, is gone) and the digit is a gray smudge; in the
+* **detail** (subtypes ``color``, ``shape``, ``digit``): about an object 10-16 px across at 672 px,
+  i.e. 3-5 px in any single 224-px view of the whole image. "What color is the small shape?",
+  "What shape is the small colored object?", "What digit is written in the small white box?". Every
+  image holds exactly one small colored shape and one small white box (16 px) holding a ~10-px
+  digit, so each detail question names its target without needing the LM to bind attributes (the
+  question text is the same for every image: a fixed readout, like "the largest shape"). At 224 px
+  the small shape is a colored blob of ~4 px (its shape is gone) and the digit a gray smudge; in the
   local crop that holds them they are drawn at full resolution. Small things never straddle a
   local-tile border (they keep >= 3 px from it, about a third of them sit within 16 px of one);
   their tile is recorded in the question metadata (``tile`` = [row, col], ``local_crop`` index).
+  Version 1 (``HRVQA_VERSION`` 1) had 2-3 small shapes and asked "What color is the small square?",
+  which needs the LM to bind a shape to a colour among several blobs: SmolLM2-135M trained on 1000
+  such questions stayed at chance even with full-resolution tokens (README, "HR-VQA v2"), so the
+  benchmark measured the LM's binding, not what the image views show.
 * **global** (subtypes ``count``, ``relation``, ``higher``, ``largest``): need the whole scene.
   "How many large circles are there?" (1-6 of them spread over the image), "Is the red square to
   the left of the blue circle?" / "... above ..." (yes/no, centers >= 0.15 * size apart on that
@@ -26,9 +30,11 @@ kinds of question about synthetic scenes so that each perspective is needed:
 
 Scenes: a lightly textured gray background (smooth blotches), 3-10 large shapes
 (circle / square / triangle, each (color, shape) pair at most once per image, so "the red square"
-is unique), the small shapes and the digit box in free space. Every image carries 2-4 questions
+is unique), the small shape and the digit box in free space. Every image carries 2-4 questions
 that alternate kinds (the first kind alternates with the index), so both kinds are balanced over a
-split. Answers come from a closed vocabulary (`VOCABULARY`; `ANSWERS` per subtype) and are scored
+split. ``every_subtype=True`` (train data, ``--train-every-subtype``) adds one question of every
+subtype the image lacks (7 in all), drawn from a separate random stream, so the scene and its 2-4
+questions stay the same. Answers come from a closed vocabulary (`VOCABULARY`; `ANSWERS` per subtype) and are scored
 by normalized exact match (`normalize_answer`, `score`).
 
 Everything is a pure function of (split, index, size): `random.Random(f"hrvqa-{seed}-{index}")`
@@ -89,7 +95,7 @@ __all__ = [
     "main",
 ]
 
-HRVQA_VERSION = 1
+HRVQA_VERSION = 2
 SPLIT_SEEDS = {"train": 104_729, "val": 224_737, "test": 350_377}
 GRID = 3  # local/global crop grid the benchmark is designed for (n = 3)
 REFERENCE_SIZE = 672  # all pixel sizes below are given at this image size and scale with `size`
@@ -129,7 +135,7 @@ PROMPT_SUFFIX = " Answer with one word."
 # Sizes in px at REFERENCE_SIZE.
 _LARGE_SIDE = (48, 110)
 _LARGEST_SIDE = (135, 165)
-_SMALL_SIDE = (10, 12)
+_SMALL_SIDE = (10, 12)  # the small shape (the box: _BOX_SIDE)
 _BOX_SIDE = 16
 _DIGIT_HEIGHT = 10
 _LARGE_GAP = 8
@@ -287,15 +293,13 @@ def _large_objects(rng: random.Random, size: int, u: float) -> tuple[list[SceneO
     return objs, count_shape
 
 
-def _small_specs(rng: random.Random, used: set[tuple[str, str]]) -> list[tuple[str, str]]:
-    """2-3 (shape, color) pairs, shapes pairwise distinct, colors pairwise distinct, none in `used`."""
-    for n in (rng.choice((2, 3)), 2):
-        for _ in range(200):
-            shapes = rng.sample(SHAPES, n)
-            colors = rng.sample(list(COLORS), n)
-            if all((c, s) not in used for s, c in zip(shapes, colors)):
-                return list(zip(shapes, colors))
-    raise RuntimeError("hrvqa: no free (color, shape) pairs for the small objects")
+def _small_spec(rng: random.Random, used: set[tuple[str, str]]) -> tuple[str, str]:
+    """The (shape, color) of the one small shape: a pair no large shape has."""
+    for _ in range(200):
+        shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
+        if (color, shape) not in used:
+            return shape, color
+    raise RuntimeError("hrvqa: no free (color, shape) pair for the small shape")
 
 
 def _detail_meta(obj: SceneObject, size: int, borders: tuple[int, ...]) -> dict[str, Any]:
@@ -362,8 +366,9 @@ def _check_args(split: str, index: int, size: int) -> None:
         raise ValueError(f"size must be a multiple of {GRID} and >= 192, got {size}")
 
 
-def make_scene(split: str, index: int, size: int = REFERENCE_SIZE) -> Scene:
-    """The scene (objects, questions with metadata) for (split, index, size); deterministic."""
+def make_scene(split: str, index: int, size: int = REFERENCE_SIZE, every_subtype: bool = False) -> Scene:
+    """The scene (objects, questions with metadata) for (split, index, size); deterministic.
+    every_subtype: also ask one question of each subtype the 2-4 drawn ones lack (same scene)."""
     _check_args(split, index, size)
     rng = random.Random(f"hrvqa-{SPLIT_SEEDS[split]}-{index}")
     u = size / REFERENCE_SIZE
@@ -376,45 +381,58 @@ def make_scene(split: str, index: int, size: int = REFERENCE_SIZE) -> Scene:
 
     large, count_shape = _large_objects(rng, size, u)
     occupied = [o.bbox for o in large]
-    small = []
-    for shape, color in _small_specs(rng, {(o.color, o.shape) for o in large}):
-        side = _px(rng.randint(*_SMALL_SIDE), u)
-        box = _place_small(rng, side, size, occupied, borders, u)
-        occupied.append(box)
-        small.append(SceneObject("small", shape, color, box))
+    shape, color = _small_spec(rng, {(o.color, o.shape) for o in large})
+    box = _place_small(rng, _px(rng.randint(*_SMALL_SIDE), u), size, occupied, borders, u)
+    occupied.append(box)
+    small = SceneObject("small", shape, color, box)
     digit = rng.randrange(10)
     box = _place_small(rng, _px(_BOX_SIDE, u), size, occupied, borders, u)
     digit_box = SceneObject("box", "box", "white", box, digit=digit)
 
-    # Questions. Color and shape questions ask about different small objects.
-    detail_q: list[dict[str, Any]] = []
-    for subtype in detail_subtypes:
+    def detail_question(subtype: str) -> dict[str, Any]:
         if subtype == "color":
-            t = small[0]
-            q = {"question": f"What color is the small {t.shape}?", "answer": t.color}
+            q = {"question": "What color is the small shape?", "answer": small.color}
         elif subtype == "shape":
-            t = small[1] if "color" in detail_subtypes else small[0]
-            q = {"question": f"What shape is the small {t.color} object?", "answer": t.shape}
+            q = {"question": "What shape is the small colored object?", "answer": small.shape}
         else:
-            t = digit_box
             q = {"question": "What digit is written in the small white box?", "answer": str(digit)}
-        q.update(kind="detail", subtype=subtype, meta=_detail_meta(t, size, borders))
-        detail_q.append(q)
-    global_q: list[dict[str, Any]] = []
-    spare = [s for s in GLOBAL_SUBTYPES if s not in global_subtypes]
-    rng.shuffle(spare)
-    for subtype in global_subtypes:
+        target = digit_box if subtype == "digit" else small
+        q.update(kind="detail", subtype=subtype, meta=_detail_meta(target, size, borders))
+        return q
+
+    def global_question(subtype: str, rng: random.Random, spare: list[str]) -> dict[str, Any]:
         q = _global_question(subtype, rng, large, count_shape, size)
         while q is None:  # no qualifying pair: fall back to an unused subtype (count/largest always work)
             subtype = spare.pop()
             q = _global_question(subtype, rng, large, count_shape, size)
         q.update(kind="global", subtype=subtype)
-        global_q.append(q)
+        return q
+
+    detail_q = [detail_question(s) for s in detail_subtypes]
+    spare = [s for s in GLOBAL_SUBTYPES if s not in global_subtypes]
+    rng.shuffle(spare)
+    global_q = [global_question(s, rng, spare) for s in global_subtypes]
     questions = [(detail_q if k == "detail" else global_q).pop(0) for k in kinds]
+    scene_rng_tail = (rng.randint(190, 220), rng.getrandbits(63))  # background, drawn before any extras
+    if every_subtype:
+        extra_rng = random.Random(f"hrvqa-{SPLIT_SEEDS[split]}-{index}-every")
+        asked = {q["subtype"] for q in questions}
+        for s in DETAIL_SUBTYPES + GLOBAL_SUBTYPES:
+            if s in asked:
+                continue
+            if s in DETAIL_SUBTYPES:
+                q = detail_question(s)
+            else:
+                q = _global_question(s, extra_rng, large, count_shape, size)
+                if q is None:  # no qualifying pair in this scene: that subtype is left out
+                    continue
+                q.update(kind="global", subtype=s)
+            questions.append(q)
+            asked.add(s)
     questions = [{k: q[k] for k in ("question", "answer", "kind", "subtype", "meta")} for q in questions]
 
-    return Scene(split=split, index=index, size=size, objects=large + small + [digit_box], questions=questions,
-                 background_level=rng.randint(190, 220), background_seed=rng.getrandbits(63),
+    return Scene(split=split, index=index, size=size, objects=large + [small, digit_box], questions=questions,
+                 background_level=scene_rng_tail[0], background_seed=scene_rng_tail[1],
                  tile_borders=borders)
 
 
@@ -483,10 +501,11 @@ def render_scene(scene: Scene) -> Image.Image:
     return img
 
 
-def make_sample(split: str, index: int, size: int = REFERENCE_SIZE) -> tuple[Image.Image, list[dict[str, Any]]]:
+def make_sample(split: str, index: int, size: int = REFERENCE_SIZE,
+                every_subtype: bool = False) -> tuple[Image.Image, list[dict[str, Any]]]:
     """(image, questions) for (split, index). Each question: {question, answer, kind, subtype, meta};
     meta holds what the answer was derived from (detail: bbox, tile, local_crop; count: bboxes; ...)."""
-    scene = make_scene(split, index, size)
+    scene = make_scene(split, index, size, every_subtype)
     return render_scene(scene), scene.questions
 
 
@@ -499,14 +518,15 @@ def _human(question: str, first: bool) -> dict[str, str]:
 
 
 def write_split(out_dir: str | os.PathLike, split: str, num_images: int, size: int = REFERENCE_SIZE,
-                questions_per_record: str = "one") -> Path:
+                questions_per_record: str = "one", every_subtype: bool = False) -> Path:
     """Write `num_images` images of `split` to out_dir/images/{split}/ and their records to
     out_dir/{split}.jsonl; returns the jsonl path.
 
     questions_per_record="one": one single-turn record per question, id "{split}-{index}-{q}", with
     "kind", "subtype" and "meta". "all": one multi-turn record per image, id "{split}-{index}", with
     "kinds" and "subtypes" lists (the image placeholder only in the first turn); `iter_questions` and
-    `score` expand such records back to the per-question ids.
+    `score` expand such records back to the per-question ids. every_subtype: one question of every
+    subtype per image (`make_scene`), for training data.
     """
     if questions_per_record not in ("one", "all"):
         raise ValueError(f"questions_per_record must be 'one' or 'all', got {questions_per_record!r}")
@@ -517,7 +537,7 @@ def write_split(out_dir: str | os.PathLike, split: str, num_images: int, size: i
     tmp = jsonl.with_name(jsonl.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for index in range(num_images):
-            image, questions = make_sample(split, index, size)
+            image, questions = make_sample(split, index, size, every_subtype)
             rel = f"images/{split}/{index:06d}.png"
             image.save(out / rel, format="PNG", compress_level=1)
             if questions_per_record == "one":
@@ -686,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-format", choices=("one", "all"), default="one",
                    help="train records: one per question (default) or one multi-turn record per image; "
                         "val/test are always one per question")
+    p.add_argument("--train-every-subtype", action="store_true",
+                   help="train images carry one question of every subtype (7) instead of the 2-4 that "
+                        "val/test images carry: ~2.4x the supervision per image for the same tower work")
     p.add_argument("--captions", action="store_true",
                    help="also write train_captions.jsonl (image -> dense scene caption, for stage-1 alignment)")
     args = p.parse_args(argv)
@@ -705,7 +728,8 @@ def main(argv: list[str] | None = None) -> int:
         if n == 0:
             continue
         fmt = args.train_format if split == "train" else "one"
-        path = write_split(out, split, n, size=args.size, questions_per_record=fmt)
+        path = write_split(out, split, n, size=args.size, questions_per_record=fmt,
+                           every_subtype=args.train_every_subtype and split == "train")
         n_questions = sum(1 for _ in iter_questions(path))
         written[split] = {"images": n, "questions": n_questions, "records": str(path.name)}
         print(f"{split}: {n} images, {n_questions} questions -> {path}")
@@ -714,7 +738,8 @@ def main(argv: list[str] | None = None) -> int:
             written[split]["captions"] = cap.name
             print(f"{split}: {n} captions -> {cap}")
     info = {"benchmark": "hrvqa", "version": HRVQA_VERSION, "size": args.size, "grid": GRID,
-            "split_seeds": SPLIT_SEEDS, "splits": written, "prompt_suffix": PROMPT_SUFFIX,
+            "split_seeds": SPLIT_SEEDS, "splits": written,
+            "train_every_subtype": bool(args.train_every_subtype), "prompt_suffix": PROMPT_SUFFIX,
             "answers": {k: list(v) for k, v in ANSWERS.items()}}
     (out / "hrvqa.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return 0
