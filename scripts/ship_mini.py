@@ -58,7 +58,7 @@ def main() -> None:
     candidates = [(img, recs) for img, recs in by_image.items() if all(right(preds, r) for r in recs)]
     if not candidates:
         raise SystemExit(f"{run.name} answered no test image entirely right: nothing to show")
-    preferred = [c for c in candidates if any(r["kind"] == "detail" and not right(base, r) for r in c[1])]
+    preferred = [c for c in candidates if any(r["kind"] == "detail" and not right(base, r) for r in c[1])] if base else []
     image, recs = (preferred or candidates)[0]
     shutil.copy2(data / image, ROOT / "examples" / "hrvqa-example.png")
     note = (f"HR-VQA test image {Path(image).stem}: the first test image on which {run.name} answered every "

@@ -2,24 +2,24 @@
 # Train and evaluate one INF-LLaVA-mini variant on the HR-VQA benchmark, from a fixed seed.
 #   scripts/train_mini.sh [full|thumbnail|local|global]
 # Budget knobs (the same for every variant of a comparison):
-#   S0_EPOCHS (default 0 = skip): the align stage, DEM + projector towards the LM's embeddings of
+#   S0_EPOCHS (default 8; 0 = skip): the align stage, DEM + projector towards the LM's embeddings of
 #     grounded phrases, no LM pass (configs/mini/align.yaml);
-#   S1_STEPS (default 60; 0 = skip): stage 1, captions through the frozen LM;
-#   S2_STEPS (default 80): stage 2, VQA with LoRA; steps of 8 images;
+#   S1_STEPS (default 0 = skip): stage 1, captions through the frozen LM;
+#   S2_STEPS (default 60): stage 2, VQA with LoRA; steps of 8 images (7 questions each);
 #   S2_FREEZE_MM (default 0; 1 = on): stage 2 keeps DEM + projector as the earlier stage left them
 #     and trains only the LM's LoRA (train.freeze_mm);
 #   S2_MORE_STEPS (default 0): continue stage 2 from its output for this many more steps (seed 1,
 #     a fresh warmup + cosine schedule) into stage2b/; both stages are exported and evaluated;
 #   EVAL_LIMIT: questions of the test split (default all).
-# The defaults reproduce the shipped model; the align recipe of the README is S0_EPOCHS=10 S1_STEPS=0.
-# Data knobs (the CI smoke test shrinks them): DATA (default .cache/hrvqa), TRAIN_IMAGES (2000),
+# The defaults reproduce the shipped model (HR-VQA v2, README "INF-LLaVA-mini").
+# Data knobs (the CI smoke test shrinks them): DATA (default .cache/hrvqa), TRAIN_IMAGES (1200),
 # TEST_IMAGES (340 images = 1035 questions), RUNS (default runs). Outputs: $RUNS/mini-VIEWS/.
 # FEATURE_CACHE (default .cache/features; "" = off): the frozen tower's outputs per crop, shared by the
 # stages and variants (the same numbers to float rounding, computed once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VIEWS="${1:-full}"
-S0="${S0_EPOCHS:-0}"; S1="${S1_STEPS:-60}"; S2="${S2_STEPS:-80}"; S2B="${S2_MORE_STEPS:-0}"
+S0="${S0_EPOCHS:-8}"; S1="${S1_STEPS:-0}"; S2="${S2_STEPS:-60}"; S2B="${S2_MORE_STEPS:-0}"
 FREEZE=(); [ "${S2_FREEZE_MM:-0}" = 1 ] && FREEZE=("train.freeze_mm=true")
 BIN="${BIN:-.venv/bin}"
 DATA="${DATA:-.cache/hrvqa}"
@@ -27,11 +27,11 @@ RUN="${RUNS:-runs}/mini-$VIEWS"
 if [ "$S0" = 0 ] && [ "$S1" = 0 ]; then echo "train_mini.sh: S0_EPOCHS and S1_STEPS cannot both be 0" >&2; exit 2; fi
 # (re)write the benchmark when it is missing or another generator version / size wrote it
 HAVE=$("$BIN/python" -c "import json,sys; i=json.load(open(sys.argv[1])); print(i['version'], i['splits']['train']['images'], i['splits']['test']['images'], i.get('train_every_subtype', False))" "$DATA/hrvqa.json" 2>/dev/null || true)
-WANT=$("$BIN/python" -c "from infllava.evaluation.hrvqa import HRVQA_VERSION as v; print(v, '${TRAIN_IMAGES:-2000}', '${TEST_IMAGES:-340}', True)")
+WANT=$("$BIN/python" -c "from infllava.evaluation.hrvqa import HRVQA_VERSION as v; print(v, '${TRAIN_IMAGES:-1200}', '${TEST_IMAGES:-340}', True)")
 if [ "$HAVE" != "$WANT" ]; then
   [ -z "$HAVE" ] || echo "train_mini.sh: $DATA holds HR-VQA ($HAVE), want ($WANT): rewriting it" >&2
   rm -rf "$DATA/images" "$DATA"/*.jsonl
-  "$BIN/infllava" hrvqa "$DATA" --train "${TRAIN_IMAGES:-2000}" --val 0 --test "${TEST_IMAGES:-340}" \
+  "$BIN/infllava" hrvqa "$DATA" --train "${TRAIN_IMAGES:-1200}" --val 0 --test "${TEST_IMAGES:-340}" \
     --train-format all --train-every-subtype --captions
 fi
 FC="${FEATURE_CACHE-.cache/features}"
