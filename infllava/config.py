@@ -56,7 +56,9 @@ class InfLlavaConfig(PreTrainedConfig):
         dem_share_attention: one attention module for both directions (official) or one per direction.
         dem_downsample: how the n_h*h x n_w*w fused map returns to h x w. "bilinear": the official
             `F.interpolate(bilinear, align_corners=False)`, which for an odd grid is a strided subsample;
-            "avgpool": the paper's average pooling over each n_h x n_w cell.
+            "avgpool": the paper's average pooling over each n_h x n_w cell; "maxpool" (ours): the maximum
+            over each cell, per channel, so a small object's response in one position of a cell is not
+            divided by n_h*n_w (the DEM output at all positions of the map is computed, as for avgpool).
         views: which views feed the visual tokens (ablations; the token count is the same for all):
             "full" (DCM + DEM, as released); "thumbnail" (the low-resolution view only, LLaVA-1.5-like);
             "local" (thumbnail + local crops, their map average-pooled per n_h x n_w cell, no DEM);
@@ -95,7 +97,7 @@ class InfLlavaConfig(PreTrainedConfig):
     dem_num_heads: int = 8
     dem_ffn_ratio: int = 16
     dem_share_attention: bool = True
-    dem_downsample: Literal["bilinear", "avgpool"] = "bilinear"
+    dem_downsample: Literal["bilinear", "avgpool", "maxpool"] = "bilinear"
     views: Literal["full", "thumbnail", "local", "global"] = "full"
     thumbnail_merge: Literal["mean", "sum"] = "mean"
     projector_type: str = "mlp2x_gelu"
@@ -119,8 +121,8 @@ class InfLlavaConfig(PreTrainedConfig):
         """Raise ValueError naming the first inconsistent field."""
         if len(self.grid) != 2 or min(self.grid) < 1:
             raise ValueError(f"grid must be two positive integers (n_h, n_w), got {self.grid!r}")
-        if self.dem_downsample not in ("bilinear", "avgpool"):
-            raise ValueError(f"dem_downsample must be 'bilinear' or 'avgpool', got {self.dem_downsample!r}")
+        if self.dem_downsample not in ("bilinear", "avgpool", "maxpool"):
+            raise ValueError(f"dem_downsample must be 'bilinear', 'avgpool' or 'maxpool', got {self.dem_downsample!r}")
         if self.views not in ("full", "thumbnail", "local", "global"):
             raise ValueError(f"views must be 'full', 'thumbnail', 'local' or 'global', got {self.views!r}")
         if self.thumbnail_merge not in ("mean", "sum"):

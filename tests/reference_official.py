@@ -74,7 +74,7 @@ class RefSpatialEmbed(nn.Module):
         if downsample == "bilinear":
             out = F.interpolate(fused, size=(h, w), mode="bilinear", align_corners=False)
         else:
-            out = F.avg_pool2d(fused, n)
+            out = F.avg_pool2d(fused, n) if downsample == "avgpool" else F.max_pool2d(fused, n)
         return out.to(feats[0].dtype).permute(0, 2, 3, 1).reshape(b, hw, d)
 
 

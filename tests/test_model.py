@@ -66,6 +66,7 @@ PARITY_CASES = {
     "4x4 even grid": dict(grid=(4, 4), image_size=28, patch_size=7),
     "1x1": dict(grid=(1, 1)),
     "avgpool (paper variant, full DEM)": dict(dem_downsample="avgpool"),
+    "maxpool (ours, full DEM)": dict(dem_downsample="maxpool"),
     "select layer -1": dict(vision_feature_layer=-1),
     "select layer 1": dict(vision_feature_layer=1),
 }

@@ -14,7 +14,8 @@ Finally the (n_h*h) x (n_w*w) map returns to h x w:
   "bilinear" (official): `F.interpolate(bilinear, align_corners=False)` at an exact ratio n samples source
     position n*p + (n-1)/2: for odd n one position per cell (a strided subsample), for even n the mean of
     the two middle positions;
-  "avgpool" (paper): the mean over each n_h x n_w cell.
+  "avgpool" (paper): the mean over each n_h x n_w cell;
+  "maxpool" (ours): the per-channel maximum over each cell (keeps a one-position response undiluted).
 Everything after the attention is per position, so only the positions the downsampling reads are
 computed: the cells' offsets (i, j) in `sample_offsets`, their a-queries, their c-sub-grids, and only
 the global crops at those offsets are needed at all. For the official 3x3 grid: 1 of 9 global crops,
@@ -75,7 +76,7 @@ class BottleneckFFN(nn.Module):
 
 def axis_samples(n: int, mode: str) -> tuple[list[int], list[float]]:
     """Offsets inside a cell of n positions that the downsampling reads, and their weights."""
-    if mode == "avgpool":
+    if mode in ("avgpool", "maxpool"):  # maxpool: every position, the weights are not used
         return list(range(n)), [1.0 / n] * n
     if n % 2:  # bilinear, align_corners=False, ratio n: source n*p + (n-1)/2 exactly
         return [(n - 1) // 2], [1.0]
@@ -94,6 +95,7 @@ class DualPerspectiveEnhancement(nn.Module):
         self.ffn_local = BottleneckFFN(d, config.dem_ffn_ratio)
         self.ffn_global = BottleneckFFN(d, config.dem_ffn_ratio)
         self.fuse_norm = nn.LayerNorm(d)
+        self.reduce = "max" if config.dem_downsample == "maxpool" else "weighted"
         rows, row_w = axis_samples(self.grid[0], config.dem_downsample)
         cols, col_w = axis_samples(self.grid[1], config.dem_downsample)
         # (i, j) offsets of the sampled positions inside each n_h x n_w cell, row-major, and weights
@@ -128,6 +130,8 @@ class DualPerspectiveEnhancement(nn.Module):
         fused = self.fuse_norm(torch.cat([self.ffn_local(c), self.ffn_global(a)], -1) + a + c)
         if O == 1:
             return fused[:, 0]
+        if self.reduce == "max":
+            return fused.amax(1)
         weights = torch.tensor(self.sample_weights, dtype=torch.float32, device=fused.device)
         return (fused.float() * weights.view(1, O, 1, 1, 1)).sum(1).to(fused.dtype)
 
