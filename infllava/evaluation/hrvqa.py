@@ -413,7 +413,7 @@ def make_scene(split: str, index: int, size: int = REFERENCE_SIZE, every_subtype
     rng.shuffle(spare)
     global_q = [global_question(s, rng, spare) for s in global_subtypes]
     questions = [(detail_q if k == "detail" else global_q).pop(0) for k in kinds]
-    scene_rng_tail = (rng.randint(190, 220), rng.getrandbits(63))  # background, drawn before any extras
+    background_level, background_seed = rng.randint(190, 220), rng.getrandbits(63)
     if every_subtype:
         extra_rng = random.Random(f"hrvqa-{SPLIT_SEEDS[split]}-{index}-every")
         asked = {q["subtype"] for q in questions}
@@ -428,11 +428,10 @@ def make_scene(split: str, index: int, size: int = REFERENCE_SIZE, every_subtype
                     continue
                 q.update(kind="global", subtype=s)
             questions.append(q)
-            asked.add(s)
     questions = [{k: q[k] for k in ("question", "answer", "kind", "subtype", "meta")} for q in questions]
 
     return Scene(split=split, index=index, size=size, objects=large + [small, digit_box], questions=questions,
-                 background_level=scene_rng_tail[0], background_seed=scene_rng_tail[1],
+                 background_level=background_level, background_seed=background_seed,
                  tile_borders=borders)
 
 

@@ -95,7 +95,7 @@ class DualPerspectiveEnhancement(nn.Module):
         self.ffn_local = BottleneckFFN(d, config.dem_ffn_ratio)
         self.ffn_global = BottleneckFFN(d, config.dem_ffn_ratio)
         self.fuse_norm = nn.LayerNorm(d)
-        self.reduce = "max" if config.dem_downsample == "maxpool" else "weighted"
+        self.max_pool = config.dem_downsample == "maxpool"
         rows, row_w = axis_samples(self.grid[0], config.dem_downsample)
         cols, col_w = axis_samples(self.grid[1], config.dem_downsample)
         # (i, j) offsets of the sampled positions inside each n_h x n_w cell, row-major, and weights
@@ -130,7 +130,7 @@ class DualPerspectiveEnhancement(nn.Module):
         fused = self.fuse_norm(torch.cat([self.ffn_local(c), self.ffn_global(a)], -1) + a + c)
         if O == 1:
             return fused[:, 0]
-        if self.reduce == "max":
+        if self.max_pool:
             return fused.amax(1)
         weights = torch.tensor(self.sample_weights, dtype=torch.float32, device=fused.device)
         return (fused.float() * weights.view(1, O, 1, 1, 1)).sum(1).to(fused.dtype)
