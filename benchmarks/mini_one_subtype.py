@@ -1,12 +1,13 @@
 """Can the LM learn to read one kind of question? Stage 2 on the questions of a single HR-VQA subtype.
 
-    python benchmarks/mini_one_subtype.py BASE SUBTYPE OUT [--data .cache/hrvqa] [--steps 96]
+    python benchmarks/mini_one_subtype.py BASE SUBTYPE OUT [--data .cache/hrvqa] [--steps 96] [KEY=VALUE ...]
 
 BASE: a model after the align stage (or stage 1), e.g. runs/mini-full/stage0/final. Writes
 OUT/train.jsonl (one single-turn record per train question of SUBTYPE, from the multi-turn
 DATA/train.jsonl) and OUT/test.jsonl (the test questions of SUBTYPE), runs stage 2 with
 configs/mini/finetune.yaml for --steps steps of 8 questions, exports the parts and scores them with
-`infllava eval`. Used to tell "the LM cannot learn this question at this budget" from "the mixture of
+`infllava eval`. Trailing KEY=VALUE arguments override the stage-2 config (e.g. train.lr=2e-3
+train.freeze_mm=true). Used to tell "the LM cannot learn this question at this budget" from "the mixture of
 question types is the problem" (README, "HR-VQA v2").
 """
 
@@ -31,6 +32,7 @@ def main() -> int:
     p.add_argument("--data", default=".cache/hrvqa")
     p.add_argument("--steps", type=int, default=96)
     p.add_argument("--feature-cache", default=".cache/features")
+    p.add_argument("overrides", nargs="*", help="stage-2 config overrides, KEY=VALUE")
     args = p.parse_args()
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,7 +56,7 @@ def main() -> int:
     subprocess.run([str(BIN / "infllava"), "train", "configs/mini/finetune.yaml", f"data.images={data}",
                     f"data.path={out / 'train.jsonl'}", f"model.base={args.base}",
                     f"train.output_dir={out / 'stage2'}", f"train.max_steps={args.steps}",
-                    f"train.feature_cache={args.feature_cache}", "train.save_every=100000"], check=True)
+                    f"train.feature_cache={args.feature_cache}", "train.save_every=100000", *args.overrides], check=True)
     from infllava.parts import export_parts
 
     export_parts(out / "stage2" / "final", out / "parts")

@@ -7,7 +7,7 @@
    EfficientNet-Lite0 and SmolLM2).
 2. The demo example: the first test image (test images are never trained on) on which RUN answered every
    question right in `RUN/test_scores.json`, preferring one with a detail question that the baseline
-   (thumbnail-only) model got wrong. It is copied to examples/hrvqa-example.png with its questions and
+   (thumbnail-only) model got wrong (without a baseline run: one with a detail question). It is copied to examples/hrvqa-example.png with its questions and
    true answers in examples/hrvqa-example.json, which says how it was chosen.
 """
 
@@ -58,11 +58,13 @@ def main() -> None:
     candidates = [(img, recs) for img, recs in by_image.items() if all(right(preds, r) for r in recs)]
     if not candidates:
         raise SystemExit(f"{run.name} answered no test image entirely right: nothing to show")
-    preferred = [c for c in candidates if any(r["kind"] == "detail" and not right(base, r) for r in c[1])] if base else []
+    # a detail question the baseline got wrong; without a baseline, any detail question
+    preferred = [c for c in candidates if any(r["kind"] == "detail" and not (base and right(base, r)) for r in c[1])]
     image, recs = (preferred or candidates)[0]
     shutil.copy2(data / image, ROOT / "examples" / "hrvqa-example.png")
     note = (f"HR-VQA test image {Path(image).stem}: the first test image on which {run.name} answered every "
-            "question right" + (f", with a detail question {Path(args.baseline).name} got wrong" if preferred else "")
+            "question right" + ((f", with a detail question {Path(args.baseline).name} got wrong" if base else ", with a detail question")
+               if preferred else "")
             + f"; on all {total['total']} test questions it is right {100 * total['accuracy']:.1f}%")
     example = {"image": "hrvqa-example.png", "note": note, "caveat": args.caveat, "questions": [
         {"question": q["prompt"].replace("<image>\n", ""), "answer": q["answer"], "kind": q["kind"],

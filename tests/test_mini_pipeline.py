@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_train_mini_script_smoke(tmp_path):
     env = dict(os.environ, BIN=str(Path(sys.executable).parent), DATA=str(tmp_path / "hrvqa"), RUNS=str(tmp_path / "runs"),
-               TRAIN_IMAGES="8", TEST_IMAGES="2", S0_EPOCHS="1", S1_STEPS="1", S2_STEPS="1", S2_MORE_STEPS="1", S2_FREEZE_MM="1", FEATURE_CACHE=str(tmp_path / "fc"))
+               TRAIN_IMAGES="8", TEST_IMAGES="2", S0_EPOCHS="1", S1_STEPS="1", S2_STEPS="1", S2_MORE_STEPS="1", S2_FREEZE_MM="1", MODEL_ARGS="model.dem_downsample=maxpool",
+               FEATURE_CACHE=str(tmp_path / "fc"))
     done = subprocess.run(["bash", str(ROOT / "scripts" / "train_mini.sh"), "full"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -53,4 +54,5 @@ def test_train_mini_script_smoke(tmp_path):
         assert set(scores["by_kind"]) <= {"detail", "global"}
     assert json.loads((run / "test_scores_b.json").read_text())["scores"]["model"] == str(run / "parts-b")
     model, processor = infllava.load(run / "parts", device="cpu")
-    assert model.config.views == "full" and model.config.dem_downsample == "avgpool"
+    # MODEL_ARGS reach the first stage, and the model they fix carries through to the parts
+    assert model.config.views == "full" and model.config.dem_downsample == "maxpool"
