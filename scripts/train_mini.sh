@@ -11,8 +11,9 @@
 #   S2_MORE_STEPS (default 0): continue stage 2 from its output for this many more steps (seed 1,
 #     a fresh warmup + cosine schedule) into stage2b/; both stages are exported and evaluated;
 #   EVAL_LIMIT: questions of the test split (default all).
-#   MODEL_ARGS: extra model overrides for the first stage, which fix the model for the later ones
-#     (e.g. "model.vision_stage=8 model.dem_downsample=avgpool"; space-separated key=value).
+#   MODEL_ARGS: extra model overrides for the stages built from a config (align, stage 1; stage 2
+#     inherits its base's model), e.g. "model.vision_stage=6 model.dem_downsample=maxpool"
+#     (space-separated key=value). An adapter loaded under other weight-free choices is an error.
 # The defaults reproduce the shipped model (HR-VQA v2, README "INF-LLaVA-mini").
 # Data knobs (the CI smoke test shrinks them): DATA (default .cache/hrvqa), TRAIN_IMAGES (1200),
 # TEST_IMAGES (340 images = 1035 questions), RUNS (default runs). Outputs: $RUNS/mini-VIEWS/.
@@ -49,7 +50,7 @@ fi
 if [ "$S1" != 0 ]; then
   [ -f "$RUN/stage1/final/config.json" ] || "$BIN/infllava" train configs/mini/pretrain.yaml "${D[@]}" \
     "data.path=$DATA/train_captions.jsonl" "model.views=$VIEWS" "train.output_dir=$RUN/stage1" "train.max_steps=$S1" \
-    ${BASE:+"model.adapter=$BASE"} $([ -n "$BASE" ] || echo "${MODEL_ARGS:-}")
+    ${BASE:+"model.adapter=$BASE"} ${MODEL_ARGS:-}
   BASE="$RUN/stage1/final"
 fi
 [ -f "$RUN/stage2/final/config.json" ] || "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" \

@@ -120,6 +120,13 @@ def test_align_stage_learns_skips_bad_records_and_feeds_pretrain(tmp_path):
     own = model.state_dict()
     for k in ("projector.layers.0.weight", "dem.fuse_norm.weight"):
         torch.testing.assert_close(own[k], adapter[k])
+    # a choice that holds no weights must match the adapter's, or it would silently compute something else
+    saved = json.loads((final / "config.json").read_text())["dem_downsample"]
+    other = next(d for d in ("bilinear", "avgpool", "maxpool") if d != saved)
+    wrong = load_config(TINY, [f"data.path={data}", f"data.images={data.parent}", f"model.adapter={final}",
+                               f"model.dem_downsample={other}", f"train.output_dir={tmp_path / 'pre2'}"])
+    with pytest.raises(ConfigError, match=f"dem_downsample={saved!r}.*set model.dem_downsample={saved}"):
+        build_model(wrong)
 
 def test_align_without_any_grounded_record_says_so(tmp_path):
     data = make_toy_dataset(tmp_path / "data", n=4)

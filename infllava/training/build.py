@@ -8,6 +8,8 @@ The tower never trains and runs without gradients.
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import torch
@@ -98,11 +100,39 @@ def _build_from_parts(m):
     return model, InfLlavaProcessor.from_config(config, tokenizer)
 
 
+# Model choices that hold no weights: an adapter trained under one value loads under another with every
+# shape matching, and would silently compute something else. (model.* key, config attribute)
+_WEIGHT_FREE_CHOICES = (("dem_downsample", "dem_downsample"), ("views", "views"), ("grid", "grid"),
+                        ("vision_feature_layer", "vision_feature_layer"))
+
+
+def _check_adapter_config(model: InfLlavaForConditionalGeneration, directory: Path) -> None:
+    """A saved model directory given as model.adapter must agree with the model being built on the
+    choices that hold no weights (ConfigError naming the override to set otherwise)."""
+    cfg_file = directory / "config.json"
+    if not cfg_file.is_file():
+        return
+    try:
+        saved = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.adapter: {cfg_file} is not readable JSON ({e})") from e
+    for key, attr in _WEIGHT_FREE_CHOICES:
+        if attr not in saved:
+            continue
+        want, have = saved[attr], getattr(model.config, attr, None)
+        if isinstance(have, tuple):
+            have = list(have)
+        if want != have:
+            raise ConfigError(f"model.adapter {directory} was trained with {attr}={want!r}, this config builds "
+                              f"{attr}={have!r}: set model.{key}={want}")
+
+
 def load_adapter(model: InfLlavaForConditionalGeneration, path: str | Path) -> None:
     """Load DEM + projector weights: our adapter.safetensors (or a directory holding it) or the
     official stage-1 `mm_projector.bin` (keys model.mm_projector.*, model.spatial_embed.*)."""
     p = Path(path)
     if p.is_dir():
+        _check_adapter_config(model, p)
         p = p / ADAPTER_FILE
     if not p.is_file():
         raise ConfigError(f"model.adapter: {p} not found")
