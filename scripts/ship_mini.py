@@ -7,8 +7,9 @@
    EfficientNet-Lite0 and SmolLM2).
 2. The demo example: the first test image (test images are never trained on) on which RUN answered every
    question right in `RUN/test_scores.json`, preferring one with a detail question that the baseline
-   (thumbnail-only) model got wrong (without a baseline run: one with a detail question). It is copied to examples/hrvqa-example.png with its questions and
-   true answers in examples/hrvqa-example.json, which says how it was chosen.
+   (thumbnail-only) model got wrong (without a baseline run: one with a detail question). It is copied
+   to examples/hrvqa-example.png with its questions and true answers in examples/hrvqa-example.json,
+   which says how it was chosen.
 """
 
 from __future__ import annotations
@@ -62,10 +63,11 @@ def main() -> None:
     preferred = [c for c in candidates if any(r["kind"] == "detail" and not (base and right(base, r)) for r in c[1])]
     image, recs = (preferred or candidates)[0]
     shutil.copy2(data / image, ROOT / "examples" / "hrvqa-example.png")
+    why = ""
+    if preferred:
+        why = f", with a detail question {Path(args.baseline).name} got wrong" if base else ", with a detail question"
     note = (f"HR-VQA test image {Path(image).stem}: the first test image on which {run.name} answered every "
-            "question right" + ((f", with a detail question {Path(args.baseline).name} got wrong" if base else ", with a detail question")
-               if preferred else "")
-            + f"; on all {total['total']} test questions it is right {100 * total['accuracy']:.1f}%")
+            f"question right{why}; on all {total['total']} test questions it is right {100 * total['accuracy']:.1f}%")
     example = {"image": "hrvqa-example.png", "note": note, "caveat": args.caveat, "questions": [
         {"question": q["prompt"].replace("<image>\n", ""), "answer": q["answer"], "kind": q["kind"],
          "subtype": q["subtype"]} for q in recs]}

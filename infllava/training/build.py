@@ -9,7 +9,6 @@ The tower never trains and runs without gradients.
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import torch
@@ -100,10 +99,9 @@ def _build_from_parts(m):
     return model, InfLlavaProcessor.from_config(config, tokenizer)
 
 
-# Model choices that hold no weights: an adapter trained under one value loads under another with every
-# shape matching, and would silently compute something else. (model.* key, config attribute)
-_WEIGHT_FREE_CHOICES = (("dem_downsample", "dem_downsample"), ("views", "views"), ("grid", "grid"),
-                        ("vision_feature_layer", "vision_feature_layer"))
+# Model choices that hold no weights (model.* keys, named as in the saved config): an adapter trained under
+# one value loads under another with every shape matching, and would silently compute something else.
+_WEIGHT_FREE_CHOICES = ("dem_downsample", "views", "grid", "vision_feature_layer")
 
 
 def _check_adapter_config(model: InfLlavaForConditionalGeneration, directory: Path) -> None:
@@ -116,15 +114,15 @@ def _check_adapter_config(model: InfLlavaForConditionalGeneration, directory: Pa
         saved = json.loads(cfg_file.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"model.adapter: {cfg_file} is not readable JSON ({e})") from e
-    for key, attr in _WEIGHT_FREE_CHOICES:
-        if attr not in saved:
+    for key in _WEIGHT_FREE_CHOICES:
+        if key not in saved:
             continue
-        want, have = saved[attr], getattr(model.config, attr, None)
+        want, have = saved[key], getattr(model.config, key, None)
         if isinstance(have, tuple):
             have = list(have)
         if want != have:
-            raise ConfigError(f"model.adapter {directory} was trained with {attr}={want!r}, this config builds "
-                              f"{attr}={have!r}: set model.{key}={want}")
+            raise ConfigError(f"model.adapter {directory} was trained with {key}={want!r}, this config builds "
+                              f"{key}={have!r}: set model.{key}={want}")
 
 
 def load_adapter(model: InfLlavaForConditionalGeneration, path: str | Path) -> None:
