@@ -34,6 +34,7 @@ CLIP_VIT_L_14_336 = dict(
 )
 
 # OpenAI CLIP normalisation (also the pad colour of expand2square, x 255).
+DEM_DOWNSAMPLE = ("bilinear", "avgpool", "maxpool", "unshuffle")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -58,7 +59,11 @@ class InfLlavaConfig(PreTrainedConfig):
             `F.interpolate(bilinear, align_corners=False)`, which for an odd grid is a strided subsample;
             "avgpool": the paper's average pooling over each n_h x n_w cell; "maxpool" (ours): the maximum
             over each cell, per channel, so a small object's response in one position of a cell is not
-            divided by n_h*n_w (the DEM output at all positions of the map is computed, as for avgpool).
+            divided by n_h*n_w (the DEM output at all positions of the map is computed, as for avgpool);
+            "unshuffle" (ours): each cell's n_h*n_w positions are concatenated (pixel unshuffle, as
+            InternVL's token merge) and a learned Linear(n_h*n_w*d, d) maps them back to d, initialised
+            to the average (so it starts as avgpool); it can keep which position of the cell a small
+            object's response came from, which a fixed pooling cannot. It adds weights (`dem.downsample`).
         views: which views feed the visual tokens (ablations; the token count is the same for all):
             "full" (DCM + DEM, as released); "thumbnail" (the low-resolution view only, LLaVA-1.5-like);
             "local" (thumbnail + local crops, their map average-pooled per n_h x n_w cell, no DEM);
@@ -97,7 +102,7 @@ class InfLlavaConfig(PreTrainedConfig):
     dem_num_heads: int = 8
     dem_ffn_ratio: int = 16
     dem_share_attention: bool = True
-    dem_downsample: Literal["bilinear", "avgpool", "maxpool"] = "bilinear"
+    dem_downsample: Literal["bilinear", "avgpool", "maxpool", "unshuffle"] = "bilinear"
     views: Literal["full", "thumbnail", "local", "global"] = "full"
     thumbnail_merge: Literal["mean", "sum"] = "mean"
     projector_type: str = "mlp2x_gelu"
@@ -121,8 +126,8 @@ class InfLlavaConfig(PreTrainedConfig):
         """Raise ValueError naming the first inconsistent field."""
         if len(self.grid) != 2 or min(self.grid) < 1:
             raise ValueError(f"grid must be two positive integers (n_h, n_w), got {self.grid!r}")
-        if self.dem_downsample not in ("bilinear", "avgpool", "maxpool"):
-            raise ValueError(f"dem_downsample must be 'bilinear', 'avgpool' or 'maxpool', got {self.dem_downsample!r}")
+        if self.dem_downsample not in DEM_DOWNSAMPLE:
+            raise ValueError(f"dem_downsample must be one of {', '.join(DEM_DOWNSAMPLE)}, got {self.dem_downsample!r}")
         if self.views not in ("full", "thumbnail", "local", "global"):
             raise ValueError(f"views must be 'full', 'thumbnail', 'local' or 'global', got {self.views!r}")
         if self.thumbnail_merge not in ("mean", "sum"):

@@ -46,6 +46,7 @@ class RefSpatialEmbed(nn.Module):
         self.ffn_crop = nn.Sequential(nn.Linear(d, d // ratio), nn.GELU(), nn.Linear(d // ratio, d // 2))
         self.ffn_stride = nn.Sequential(nn.Linear(d, d // ratio), nn.GELU(), nn.Linear(d // ratio, d // 2))
         self.ln_fuse = nn.LayerNorm(d)
+        self.unshuffle_weight = self.unshuffle_bias = None  # set by a test for downsample "unshuffle"
 
     def forward(self, feats: list, n: int, downsample: str = "bilinear"):
         b, hw, d = feats[0].shape
@@ -73,6 +74,9 @@ class RefSpatialEmbed(nn.Module):
         fused = fused.permute(0, 3, 1, 2).float()
         if downsample == "bilinear":
             out = F.interpolate(fused, size=(h, w), mode="bilinear", align_corners=False)
+        elif downsample == "unshuffle":  # ours: pixel unshuffle (channel c*n*n + i*n + j), then a Linear
+            x = F.pixel_unshuffle(fused, n).view(b, d, n * n, h, w).transpose(1, 2).reshape(b, n * n * d, h, w)
+            out = F.linear(x.permute(0, 2, 3, 1), self.unshuffle_weight, self.unshuffle_bias).permute(0, 3, 1, 2)
         else:
             out = F.avg_pool2d(fused, n) if downsample == "avgpool" else F.max_pool2d(fused, n)
         return out.to(feats[0].dtype).permute(0, 2, 3, 1).reshape(b, hw, d)

@@ -82,6 +82,29 @@ def test_image_features_match_official(case):
     assert (a - b).abs().max() <= TOL
 
 
+def test_unshuffle_downsample_starts_as_avgpool_and_concatenates_the_cell():
+    """dem_downsample "unshuffle" (ours): at init the same features as avgpool; with any weights, the
+    Linear over each cell's positions concatenated, as pixel_unshuffle orders them (checked against the
+    reference's full fused map)."""
+    ref, ours, cfg = paired_models(dem_downsample="avgpool")
+    un = InfLlavaForConditionalGeneration(tiny_config(dem_downsample="unshuffle")).eval()
+    missing, unexpected = un.load_state_dict(ours.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == ["dem.downsample.bias", "dem.downsample.weight"]
+    assert un.dem.downsample.weight.shape == (cfg.vision_config.hidden_size, 9 * cfg.vision_config.hidden_size)
+    px = torch.randn(2, 3, *cfg.input_size)
+    with torch.no_grad():
+        assert (un.get_image_features(px) - ours.get_image_features(px)).abs().max() <= TOL
+        un.dem.downsample.weight.normal_(0, 0.05)
+        un.dem.downsample.bias.normal_(0, 0.1)
+    ref.downsample = "unshuffle"
+    ref.spatial_embed.unshuffle_weight = un.dem.downsample.weight
+    ref.spatial_embed.unshuffle_bias = un.dem.downsample.bias
+    with torch.no_grad():
+        a, b = ref.get_image_features(px), un.get_image_features(px)
+        assert (a - b).abs().max() <= TOL
+        assert (b - ours.get_image_features(px)).abs().max() > 100 * TOL  # the weights do matter
+
+
 def test_input_of_other_size_is_resized_like_official():
     ref, ours, cfg = paired_models()
     px = torch.randn(1, 3, 2 * cfg.tower_image_size, 2 * cfg.tower_image_size)  # e.g. 672 for a 1008 model

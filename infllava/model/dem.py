@@ -15,7 +15,9 @@ Finally the (n_h*h) x (n_w*w) map returns to h x w:
     position n*p + (n-1)/2: for odd n one position per cell (a strided subsample), for even n the mean of
     the two middle positions;
   "avgpool" (paper): the mean over each n_h x n_w cell;
-  "maxpool" (ours): the per-channel maximum over each cell (keeps a one-position response undiluted).
+  "maxpool" (ours): the per-channel maximum over each cell (keeps a one-position response undiluted);
+  "unshuffle" (ours): the cell's positions concatenated, then a learned Linear(n_h*n_w*d, d) (`downsample`),
+    initialised to the mean so that it starts as avgpool.
 Everything after the attention is per position, so only the positions the downsampling reads are
 computed: the cells' offsets (i, j) in `sample_offsets`, their a-queries, their c-sub-grids, and only
 the global crops at those offsets are needed at all. For the official 3x3 grid: 1 of 9 global crops,
@@ -74,9 +76,18 @@ class BottleneckFFN(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def init_mean_of_cells(linear: nn.Linear) -> None:
+    """Linear(n*d, d) := the mean of its n d-wide input blocks ([I/n, ..., I/n], zero bias)."""
+    n = linear.mean_of_cells
+    d = linear.out_features
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(d, dtype=linear.weight.dtype).repeat(1, n) / n)
+        linear.bias.zero_()
+
+
 def axis_samples(n: int, mode: str) -> tuple[list[int], list[float]]:
     """Offsets inside a cell of n positions that the downsampling reads, and their weights."""
-    if mode in ("avgpool", "maxpool"):  # maxpool: every position, the weights are not used
+    if mode in ("avgpool", "maxpool", "unshuffle"):  # every position; maxpool, unshuffle: weights unused
         return list(range(n)), [1.0 / n] * n
     if n % 2:  # bilinear, align_corners=False, ratio n: source n*p + (n-1)/2 exactly
         return [(n - 1) // 2], [1.0]
@@ -96,6 +107,12 @@ class DualPerspectiveEnhancement(nn.Module):
         self.ffn_global = BottleneckFFN(d, config.dem_ffn_ratio)
         self.fuse_norm = nn.LayerNorm(d)
         self.max_pool = config.dem_downsample == "maxpool"
+        self.downsample = None
+        if config.dem_downsample == "unshuffle":
+            n = self.grid[0] * self.grid[1]
+            self.downsample = nn.Linear(n * d, d)
+            self.downsample.mean_of_cells = n  # the model's weight init knows it by this mark
+            init_mean_of_cells(self.downsample)
         rows, row_w = axis_samples(self.grid[0], config.dem_downsample)
         cols, col_w = axis_samples(self.grid[1], config.dem_downsample)
         # (i, j) offsets of the sampled positions inside each n_h x n_w cell, row-major, and weights
@@ -132,6 +149,8 @@ class DualPerspectiveEnhancement(nn.Module):
             return fused[:, 0]
         if self.max_pool:
             return fused.amax(1)
+        if self.downsample is not None:  # (B, O, h, w, d) -> (B, h, w, O*d), offsets in row-major order
+            return self.downsample(fused.permute(0, 2, 3, 1, 4).reshape(B, h, w, O * d))
         weights = torch.tensor(self.sample_weights, dtype=torch.float32, device=fused.device)
         return (fused.float() * weights.view(1, O, 1, 1, 1)).sum(1).to(fused.dtype)
 

@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageText
 
 from ..config import InfLlavaConfig
 from .crops import global_crop, local_crops, resize_input, thumbnail, tile_local
-from .dem import DualPerspectiveEnhancement
+from .dem import DualPerspectiveEnhancement, init_mean_of_cells
 from .projector import Projector
 from .vision_tower import VisionTower
 
@@ -40,7 +40,9 @@ class InfLlavaPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         std = getattr(self.config.get_text_config(), "initializer_range", 0.02)
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and hasattr(module, "mean_of_cells"):
+            init_mean_of_cells(module)  # the DEM's unshuffle downsample starts as avgpool
+        elif isinstance(module, nn.Linear):
             module.weight.data.normal_(0.0, std)
             if module.bias is not None:
                 module.bias.data.zero_()
