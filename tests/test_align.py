@@ -173,3 +173,31 @@ def test_word_cross_entropy_tells_words_apart_where_the_distance_barely_does():
     d_wrong, ce_wrong = align_loss(wrong[None, None], target[None, None], dist, cand + shared, scale, 0.05)
     assert d_right == 0 and d_wrong > 0
     assert ce_wrong > ce_right + 0.5
+
+
+def test_region_weight_weighs_the_tokens_that_hold_a_region():
+    """align_loss with (B, T) weights is the weighted mean of the per-token losses: a region token of
+    weight 10 among background tokens of weight 1 counts 10 times (train.align_region_weight)."""
+    from infllava.training.align import align_loss
+
+    torch.manual_seed(0)
+    cand = torch.randn(4, 8)
+    x, target = torch.randn(1, 3, 8), torch.randn(1, 3, 8)
+    dist = torch.softmax(torch.randn(1, 3, 4), -1)
+    scale = torch.tensor(2.0)
+    per_token = [align_loss(x[:, t:t + 1], target[:, t:t + 1], dist[:, t:t + 1], cand, scale, 0.1) for t in range(3)]
+    w = torch.tensor([[10.0, 1.0, 1.0]])
+    mse, ce = align_loss(x, target, dist, cand, scale, 0.1, w)
+    for k, got in enumerate((mse, ce)):
+        want = (10 * per_token[0][k] + per_token[1][k] + per_token[2][k]) / 12
+        torch.testing.assert_close(got, want)
+    mse1, ce1 = align_loss(x, target, dist, cand, scale, 0.1)  # no weights: the plain mean
+    torch.testing.assert_close(mse1, sum(p[0] for p in per_token) / 3)
+    assert abs(float(mse - mse1)) > 1e-4  # the weights change it
+
+
+def test_region_weight_must_be_positive():
+    from infllava.training.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="align_region_weight"):
+        load_config("configs/mini/align.yaml", ["train.align_region_weight=0"])

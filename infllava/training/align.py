@@ -132,17 +132,20 @@ def word_targets(tokenizer, cells: Sequence[dict[int, list[str]]], background: s
 
 
 def align_loss(x: torch.Tensor, target: torch.Tensor, dist: torch.Tensor, cand: torch.Tensor, scale: torch.Tensor,
-               temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(squared distance / scale, word cross-entropy), each averaged over tokens.
+               temperature: float, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(squared distance / scale, word cross-entropy), each averaged over tokens (weighted by `weight`
+    (B, T) when given: sum(weight * loss) / sum(weight)).
 
     The distance pulls a token towards the mean embedding of its phrases (the LM's input scale); the
     cross-entropy makes it name them: cosine similarities with the candidate words' embeddings over
     `temperature`, against the token's bag of phrase tokens. The distance alone is met by the words
     all phrases share ("small", "digit") and leaves the telling one (which digit) out."""
-    mse = (x - target).pow(2).sum(-1).mean() / scale
+    mse = (x - target).pow(2).sum(-1) / scale  # (B, T)
     logits = F.normalize(x, dim=-1) @ F.normalize(cand, dim=-1).T / temperature
-    ce = -(dist * logits.log_softmax(-1)).sum(-1).mean()
-    return mse, ce
+    ce = -(dist * logits.log_softmax(-1)).sum(-1)
+    if weight is None:
+        return mse.mean(), ce.mean()
+    return (weight * mse).sum() / weight.sum(), (weight * ce).sum() / weight.sum()
 
 
 def train_align(cfg: RunConfig) -> Path:
@@ -216,6 +219,10 @@ def train_align(cfg: RunConfig) -> Path:
     # each token's bag of phrase tokens; its distance target is the bag's mean embedding, dist @ cand
     cand_ids, dist = word_targets(processor.tokenizer, cells, t.align_background, mc.num_image_tokens)
     cand = emb[cand_ids]
+    # tokens with a region in their cell weigh train.align_region_weight, background tokens 1
+    weight = torch.ones(N, mc.num_image_tokens)
+    for i, c in enumerate(cells):
+        weight[i, list(c)] = t.align_region_weight
     print(f"align: {N} images ({skipped} skipped), tower {time.perf_counter() - t0:.0f} s", flush=True)
 
     B = min(t.global_batch_size, N)
@@ -235,7 +242,7 @@ def train_align(cfg: RunConfig) -> Path:
             order = torch.cat([order, torch.randperm(N, generator=g)])
         idx, order = order[:B], order[B:]
         x = model.projector(model.merge_crop_features(feats[idx].float()))
-        mse, ce = align_loss(x, dist[idx] @ cand, dist[idx], cand, scale, t.align_temperature)
+        mse, ce = align_loss(x, dist[idx] @ cand, dist[idx], cand, scale, t.align_temperature, weight[idx])
         loss = mse + t.align_word_weight * ce
         opt.zero_grad(set_to_none=True)
         loss.backward()

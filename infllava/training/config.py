@@ -96,6 +96,9 @@ class TrainConfig:
     align_background: str = "background"
     align_word_weight: float = 1.0  # weight of the word cross-entropy (0: the embedding distance only)
     align_temperature: float = 0.05  # of that cross-entropy's cosine logits
+    # weight of a token whose cell holds a region against a background token (1); the few region tokens
+    # (~8 of 196 at 14x14) are otherwise outweighed by the background in the mean over tokens
+    align_region_weight: float = 1.0
 
 
 @dataclass
@@ -132,6 +135,8 @@ class RunConfig:
             raise ConfigError("train.align_background must be a non-empty phrase")
         if t.align_word_weight < 0 or t.align_temperature <= 0:
             raise ConfigError("train.align_word_weight must be >= 0 and train.align_temperature > 0")
+        if t.align_region_weight <= 0:
+            raise ConfigError(f"train.align_region_weight must be > 0, got {t.align_region_weight}")
         if t.lora.enabled and t.stage != "finetune":
             raise ConfigError("train.lora.enabled needs train.stage: finetune")
         return self
