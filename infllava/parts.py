@@ -58,6 +58,11 @@ def export_parts(model_dir: str | Path, out_dir: str | Path, vision_tower: str =
     for LoRA runs, lora.safetensors + lora.json). `dtype` (e.g. torch.float16, what the shipped
     model uses: half the bytes) converts the floating-point weights; loading computes in float32."""
     src, out = Path(model_dir), Path(out_dir)
+    if (src / "lm_delta.json").exists():  # training.build.LM_DELTA_FILE
+        base = json.loads((src / "lm_delta.json").read_text()).get("merged_from")
+        raise PartsError(f"{src}: its language model holds the merged LoRA delta of its base {base}, which its own "
+                         f"lora.safetensors does not contain: parts over the packaged LM would lose it. Export a "
+                         f"run whose base has no LM changes (an align or stage-1 output)")
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for name in ("config.json", "processor_config.json", "adapter.safetensors", "lora.safetensors"):

@@ -77,3 +77,23 @@ def test_half_precision_parts_are_half_the_size_and_load_in_float32(trained_mini
         a, b = m32(**enc).logits[0, -1], m16(**enc).logits[0, -1]
     assert (a - b).abs().max() < 0.05 * a.abs().max()
     assert a.argmax() == b.argmax()
+
+
+@pytest.mark.slow
+def test_a_run_from_a_lora_merged_base_is_not_exported_without_its_base_delta(trained_mini, tmp_path):
+    """Stage 2 continued from a LoRA stage 2 (model.base = its final/): the saved LM holds the first delta
+    merged, the new lora.safetensors only the second; parts over the packaged LM would silently drop the
+    first, so the export refuses, naming the base."""
+    final, root = trained_mini
+    cfg = load_config(None, [
+        f"model.base={final}", f"data.path={root / 'bench' / 'train.jsonl'}", f"data.images={root / 'bench'}",
+        "data.max_length=512", "data.num_workers=0", "train.stage=finetune", f"train.output_dir={tmp_path / 'more'}",
+        "train.max_steps=1", "train.global_batch_size=2", "train.micro_batch_size=2", "train.lr=1e-2",
+        "train.warmup_ratio=0", "train.precision=fp32", "train.save_every=0", "train.lora.enabled=true",
+        "train.lora.r=4", "train.lora.alpha=8",
+    ])
+    more = train(cfg)
+    assert json.loads((more / "lm_delta.json").read_text())["merged_from"] == str(final)
+    with pytest.raises(PartsError, match="merged LoRA delta of its base"):
+        export_parts(more, tmp_path / "parts")
+    assert not (final / "lm_delta.json").exists()  # the first run's base (packaged LM) had no delta

@@ -22,6 +22,11 @@ from .config import ConfigError, RunConfig
 ADAPTER_FILE = "adapter.safetensors"  # DEM + projector weights (our stage-1 output)
 
 
+# written next to a model whose LM holds a LoRA delta merged before its run (its lora.safetensors, if
+# any, covers only its own run's delta): infllava.parts refuses to export it (the delta would be lost)
+LM_DELTA_FILE = "lm_delta.json"
+
+
 def build_model(cfg: RunConfig):
     """(model, processor) in float32 on CPU, stage-1 adapter loaded if given."""
     m = cfg.model
@@ -33,6 +38,9 @@ def build_model(cfg: RunConfig):
         processor = InfLlavaProcessor.from_config(config, make_tiny_tokenizer())
     elif m.base is not None:
         model = InfLlavaForConditionalGeneration.from_pretrained(m.base, dtype=torch.float32)
+        if any((Path(m.base) / f).exists() for f in ("lora.safetensors", LM_DELTA_FILE)):
+            # its LM already holds a merged LoRA delta: a new run's lora.safetensors will not contain it
+            model.lm_delta_from = str(m.base)
         processor = InfLlavaProcessor.from_pretrained(m.base)
     else:
         model, processor = _build_from_parts(m)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..parts import lora_factors
-from .build import ADAPTER_FILE, adapter_state_dict, apply_stage, build_model, fit_projector_input_norm, merge_lora
+from .build import ADAPTER_FILE, LM_DELTA_FILE, adapter_state_dict, apply_stage, build_model, fit_projector_input_norm, merge_lora
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from .config import ConfigError, RunConfig
 from .data import SupervisedDataset, collate, grouped_order, load_records
@@ -296,6 +296,8 @@ def _save_final(model, processor, final: Path, gathered: dict | None = None) -> 
         save_file(factors, str(final / "lora.safetensors"))
         (final / "lora.json").write_text(json.dumps(lora_meta))
     merge_lora(model)
+    if getattr(model, "lm_delta_from", None):
+        (final / LM_DELTA_FILE).write_text(json.dumps({"merged_from": model.lm_delta_from}))
     model.requires_grad_(False)
     if processor.template == "plain":  # a training-only format; chat with the model's conversation template
         processor.template = model.config.template = _chat_template_for(processor.tokenizer)
