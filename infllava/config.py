@@ -33,8 +33,9 @@ CLIP_VIT_L_14_336 = dict(
     projection_dim=768,
 )
 
+DEM_DOWNSAMPLE = ("bilinear", "avgpool", "maxpool", "unshuffle")  # InfLlavaConfig.dem_downsample choices
+
 # OpenAI CLIP normalisation (also the pad colour of expand2square, x 255).
-DEM_DOWNSAMPLE = ("bilinear", "avgpool", "maxpool", "unshuffle")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 

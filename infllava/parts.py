@@ -20,6 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 PARTS_FILE = "parts.json"
+# written by training next to a model whose LM holds a LoRA delta merged before its run (its
+# lora.safetensors, if any, covers only its own run's delta): export_parts refuses it (the delta would be lost)
+LM_DELTA_FILE = "lm_delta.json"
 FORMAT = "infllava-parts/1"
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.default)?\.weight$")
 
@@ -58,8 +61,8 @@ def export_parts(model_dir: str | Path, out_dir: str | Path, vision_tower: str =
     for LoRA runs, lora.safetensors + lora.json). `dtype` (e.g. torch.float16, what the shipped
     model uses: half the bytes) converts the floating-point weights; loading computes in float32."""
     src, out = Path(model_dir), Path(out_dir)
-    if (src / "lm_delta.json").exists():  # training.build.LM_DELTA_FILE
-        base = json.loads((src / "lm_delta.json").read_text()).get("merged_from")
+    if (src / LM_DELTA_FILE).exists():
+        base = json.loads((src / LM_DELTA_FILE).read_text()).get("merged_from")
         raise PartsError(f"{src}: its language model holds the merged LoRA delta of its base {base}, which its own "
                          f"lora.safetensors does not contain: parts over the packaged LM would lose it. Export a "
                          f"run whose base has no LM changes (an align or stage-1 output)")

@@ -16,15 +16,11 @@ import torch
 from ..checkpoints.official import map_key
 from ..config import InfLlavaConfig, tiny_config
 from ..model import InfLlavaForConditionalGeneration
+from ..parts import LM_DELTA_FILE
 from ..processing import InfLlavaProcessor
 from .config import ConfigError, RunConfig
 
 ADAPTER_FILE = "adapter.safetensors"  # DEM + projector weights (our stage-1 output)
-
-
-# written next to a model whose LM holds a LoRA delta merged before its run (its lora.safetensors, if
-# any, covers only its own run's delta): infllava.parts refuses to export it (the delta would be lost)
-LM_DELTA_FILE = "lm_delta.json"
 
 
 def build_model(cfg: RunConfig):

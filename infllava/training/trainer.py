@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..parts import lora_factors
-from .build import ADAPTER_FILE, LM_DELTA_FILE, adapter_state_dict, apply_stage, build_model, fit_projector_input_norm, merge_lora
+from ..parts import LM_DELTA_FILE, lora_factors
+from .build import ADAPTER_FILE, adapter_state_dict, apply_stage, build_model, fit_projector_input_norm, merge_lora
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from .config import ConfigError, RunConfig
 from .data import SupervisedDataset, collate, grouped_order, load_records
