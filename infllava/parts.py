@@ -20,8 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 PARTS_FILE = "parts.json"
-# written by training next to a model whose LM holds a LoRA delta merged before its run (its
-# lora.safetensors, if any, covers only its own run's delta): export_parts refuses it (the delta would be lost)
+# written by training next to a model whose LM differs from the packaged one in a way lora.safetensors does
+# not hold (full fine-tuning of the LM, or a base that was so trained): export_parts refuses it. A LoRA run
+# from a base that has LoRA factors saves both deltas combined (`combine_lora`), so it exports.
 LM_DELTA_FILE = "lm_delta.json"
 FORMAT = "infllava-parts/1"
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.default)?\.weight$")
@@ -55,6 +56,30 @@ def lora_factors(language_model) -> tuple[dict[str, torch.Tensor], dict]:
     return factors, meta
 
 
+def combine_lora(first: tuple[dict, dict], second: tuple[dict, dict]) -> tuple[dict[str, torch.Tensor], dict]:
+    """One set of LoRA factors whose merge equals merging `first`, then `second` (each `(factors, meta)` as
+    `lora_factors` returns them). Per module the factors are stacked along the rank with each run's
+    alpha / r folded into its A: B = [B1 B2], A = [s1 A1; s2 A2], so B @ A = s1 B1 A1 + s2 B2 A2, and the
+    result's meta has alpha = r (scale 1). A module in only one of them keeps its factors (scaled)."""
+    if not second[0]:
+        return first
+    if not first[0]:
+        return second
+    out: dict[str, torch.Tensor] = {}
+    names = sorted({k[: -len(".lora_A")] for f, _ in (first, second) for k in f if k.endswith(".lora_A")})
+    for name in names:
+        As, Bs = [], []
+        for factors, meta in (first, second):
+            if f"{name}.lora_A" in factors:
+                scale = meta["alpha"] / meta["r"]
+                As.append(factors[f"{name}.lora_A"].float() * scale)
+                Bs.append(factors[f"{name}.lora_B"].float())
+        out[f"{name}.lora_A"], out[f"{name}.lora_B"] = torch.cat(As, 0).contiguous(), torch.cat(Bs, 1).contiguous()
+    r = first[1]["r"] + second[1]["r"]
+    runs = first[1].get("runs", 1) + second[1].get("runs", 1)
+    return out, {"r": r, "alpha": r, "runs": runs}
+
+
 def export_parts(model_dir: str | Path, out_dir: str | Path, vision_tower: str = "efficientnet-lite0",
                  language_model: str = "smollm2", dtype: torch.dtype | None = None) -> Path:
     """Write a parts directory from a training output (`final/` with adapter.safetensors and,
@@ -62,10 +87,11 @@ def export_parts(model_dir: str | Path, out_dir: str | Path, vision_tower: str =
     model uses: half the bytes) converts the floating-point weights; loading computes in float32."""
     src, out = Path(model_dir), Path(out_dir)
     if (src / LM_DELTA_FILE).exists():
-        base = json.loads((src / LM_DELTA_FILE).read_text()).get("merged_from")
-        raise PartsError(f"{src}: its language model holds the merged LoRA delta of its base {base}, which its own "
-                         f"lora.safetensors does not contain: parts over the packaged LM would lose it. Export a "
-                         f"run whose base has no LM changes (an align or stage-1 output)")
+        why = json.loads((src / LM_DELTA_FILE).read_text())
+        why = why.get("reason") or f"it holds the merged LoRA delta of its base {why.get('merged_from')}"
+        raise PartsError(f"{src}: its language model differs from the packaged one in a way lora.safetensors does "
+                         f"not hold ({why}): parts over the packaged LM would lose it. Ship the whole model "
+                         f"directory, or train the LM with LoRA (train.lora.enabled) from a base without such changes")
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for name in ("config.json", "processor_config.json", "adapter.safetensors", "lora.safetensors"):

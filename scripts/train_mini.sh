@@ -9,8 +9,8 @@
 #   S2_FREEZE_MM (default 0; 1 = on): stage 2 keeps DEM + projector as the earlier stage left them
 #     and trains only the LM's LoRA (train.freeze_mm);
 #   S2_MORE_STEPS (default 0): continue stage 2 from its output for this many more steps (seed 1,
-#     a fresh warmup + cosine schedule) into stage2b/, evaluated from its merged model directory
-#     (its parts cannot be exported: its LM holds stage 2's LoRA merged, lora.safetensors only its own);
+#     a fresh warmup + cosine schedule) into stage2b/, exported to parts-b/ (its lora.safetensors holds
+#     stage 2's LoRA and its own, stacked: infllava.parts.combine_lora) and scored;
 #   EVAL_LIMIT: questions of the test split (default all).
 #   MODEL_ARGS: extra model overrides for the stages built from a config (align, stage 1; stage 2
 #     inherits its base's model), e.g. "model.vision_stage=6 model.dem_downsample=maxpool"
@@ -56,8 +56,8 @@ if [ "$S1" != 0 ]; then
 fi
 [ -f "$RUN/stage2/final/config.json" ] || "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" \
   "data.path=$DATA/train.jsonl" "model.base=$BASE" "train.output_dir=$RUN/stage2" "train.max_steps=$S2" ${FREEZE[@]+"${FREEZE[@]}"}
-score() {  # export the parts of a stage-2 run (unless $2 is the run's final/ itself) and score them
-  [ "$2" = "$1/final" ] || "$BIN/python" -c "from infllava.parts import export_parts; export_parts('$RUN/$1/final', '$RUN/$2')"
+score() {  # export the parts of a stage-2 run and score them
+  "$BIN/python" -c "from infllava.parts import export_parts; export_parts('$RUN/$1/final', '$RUN/$2')"
   [ -f "$RUN/$3" ] || "$BIN/infllava" eval "$RUN/$2" --data "$DATA/test.jsonl" --images "$DATA" \
     --out "$RUN/$3" ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} ${FC:+--feature-cache "$FC"}
 }
@@ -66,5 +66,5 @@ if [ "$S2B" != 0 ]; then
   [ -f "$RUN/stage2b/final/config.json" ] || "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" \
     "data.path=$DATA/train.jsonl" "model.base=$RUN/stage2/final" "train.output_dir=$RUN/stage2b" \
     "train.max_steps=$S2B" "train.seed=1" ${FREEZE[@]+"${FREEZE[@]}"}
-  score stage2b stage2b/final test_scores_b.json
+  score stage2b parts-b test_scores_b.json
 fi

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from ..checkpoints.official import map_key
 from ..config import InfLlavaConfig, tiny_config
@@ -34,9 +35,15 @@ def build_model(cfg: RunConfig):
         processor = InfLlavaProcessor.from_config(config, make_tiny_tokenizer())
     elif m.base is not None:
         model = InfLlavaForConditionalGeneration.from_pretrained(m.base, dtype=torch.float32)
-        if any((Path(m.base) / f).exists() for f in ("lora.safetensors", LM_DELTA_FILE)):
-            # its LM already holds a merged LoRA delta: a new run's lora.safetensors will not contain it
-            model.lm_delta_from = str(m.base)
+        base = Path(m.base)
+        if (base / LM_DELTA_FILE).exists():  # its LM changed beyond LoRA factors: so will this run's
+            model.lm_delta = json.loads((base / LM_DELTA_FILE).read_text())
+        elif (base / "lora.safetensors").exists():
+            if not (base / "lora.json").is_file():
+                raise ConfigError(f"model.base={base}: lora.safetensors without lora.json (its rank and alpha)")
+            # its LM holds these factors merged: the run saves them combined with its own (parts.combine_lora)
+            model.lm_base_lora = (load_file(str(base / "lora.safetensors")),
+                                  json.loads((base / "lora.json").read_text()))
         processor = InfLlavaProcessor.from_pretrained(m.base)
     else:
         model, processor = _build_from_parts(m)
@@ -196,6 +203,7 @@ def apply_stage(model: InfLlavaForConditionalGeneration, cfg: RunConfig) -> None
             model.language_model = get_peft_model(model.language_model, lora)
         else:
             model.language_model.requires_grad_(True)
+            model.lm_delta = {"reason": "its language model was fine-tuned in full (train.lora.enabled false)"}
     if t.gradient_checkpointing and t.stage == "finetune":
         model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.language_model.enable_input_require_grads() if t.lora.enabled else None

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..parts import LM_DELTA_FILE, lora_factors
+from ..parts import LM_DELTA_FILE, combine_lora, lora_factors
 from .build import ADAPTER_FILE, adapter_state_dict, apply_stage, build_model, fit_projector_input_norm, merge_lora
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from .config import ConfigError, RunConfig
@@ -292,12 +292,14 @@ def _save_final(model, processor, final: Path, gathered: dict | None = None) -> 
         model.load_state_dict(gathered, strict=False, assign=True)
     final.mkdir(parents=True, exist_ok=True)
     factors, lora_meta = lora_factors(model.language_model)
+    if getattr(model, "lm_base_lora", None) is not None:  # the base's LM holds its factors merged: keep both
+        factors, lora_meta = combine_lora(model.lm_base_lora, (factors, lora_meta))
     if factors:  # the small LM delta, for shipping over packaged backbones (infllava.parts)
         save_file(factors, str(final / "lora.safetensors"))
         (final / "lora.json").write_text(json.dumps(lora_meta))
     merge_lora(model)
-    if getattr(model, "lm_delta_from", None):
-        (final / LM_DELTA_FILE).write_text(json.dumps({"merged_from": model.lm_delta_from}))
+    if getattr(model, "lm_delta", None):
+        (final / LM_DELTA_FILE).write_text(json.dumps(model.lm_delta))
     model.requires_grad_(False)
     if processor.template == "plain":  # a training-only format; chat with the model's conversation template
         processor.template = model.config.template = _chat_template_for(processor.tokenizer)
