@@ -14,12 +14,11 @@ question types is the problem" (README, "HR-VQA v2").
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-from infllava.evaluation.hrvqa import iter_questions, load_jsonl
+from infllava.evaluation.hrvqa import write_subtype
 
 BIN = Path(sys.executable).parent
 
@@ -37,21 +36,12 @@ def main() -> int:
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    def single(q):
-        return {"id": q["id"], "image": q["image"], "conversations": [
-            {"from": "human", "value": q["prompt"]}, {"from": "gpt", "value": q["answer"]}]}
-
-    train = []
-    for q in iter_questions(data / "train.jsonl"):  # multi-turn records: the image only in turn 1
-        if q["subtype"] == args.subtype:
-            q["prompt"] = q["prompt"] if q["prompt"].startswith("<image>") else "<image>\n" + q["prompt"]
-            train.append(single(q))
-    test = [r for r in load_jsonl(data / "test.jsonl") if r.get("subtype") == args.subtype]
-    if not train or not test:
-        raise SystemExit(f"no {args.subtype!r} questions in {data} (train {len(train)}, test {len(test)})")
-    (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
-    (out / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test))
-    print(f"{args.subtype}: {len(train)} train questions, {len(test)} test questions", flush=True)
+    try:
+        n_train = write_subtype(data / "train.jsonl", args.subtype, out / "train.jsonl")
+        n_test = write_subtype(data / "test.jsonl", args.subtype, out / "test.jsonl")
+    except ValueError as e:
+        raise SystemExit(str(e))
+    print(f"{args.subtype}: {n_train} train questions, {n_test} test questions", flush=True)
 
     subprocess.run([str(BIN / "infllava"), "train", "configs/mini/finetune.yaml", f"data.images={data}",
                     f"data.path={out / 'train.jsonl'}", f"model.base={args.base}",

@@ -67,6 +67,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
+    "write_subtype",
     "HRVQA_VERSION",
     "SPLIT_SEEDS",
     "GRID",
@@ -658,6 +659,29 @@ def iter_questions(records: Iterable[Mapping[str, Any]] | str | os.PathLike
         for qid, prompt, answer, kind, subtype in zip(ids, humans, answers, kinds, subtypes):
             yield {"id": qid, "image": rec.get("image"), "question": _strip_prompt(prompt), "prompt": prompt,
                    "answer": answer, "kind": kind, "subtype": subtype}
+
+
+def write_subtype(src: str | os.PathLike, subtypes: str | Iterable[str], out: str | os.PathLike) -> int:
+    """Write the questions of `subtypes` from a split file (either layout) as single-turn records, each
+    with the image placeholder, to `out`; returns how many. The data of a curriculum stage (one question
+    type at a time, scripts/train_mini.sh S2_CURRICULUM) and of benchmarks/mini_one_subtype.py."""
+    wanted = {subtypes} if isinstance(subtypes, str) else set(subtypes)
+    unknown = wanted - set(DETAIL_SUBTYPES + GLOBAL_SUBTYPES)
+    if unknown:
+        raise ValueError(f"unknown HR-VQA subtype(s) {sorted(unknown)}; expected some of "
+                         f"{list(DETAIL_SUBTYPES + GLOBAL_SUBTYPES)}")
+    rows = []
+    for q in iter_questions(src):
+        if q["subtype"] in wanted:
+            prompt = q["prompt"] if q["prompt"].startswith("<image>") else "<image>\n" + q["prompt"]
+            rows.append(json.dumps({"id": q["id"], "image": q["image"], "kind": q["kind"], "subtype": q["subtype"],
+                                    "conversations": [{"from": "human", "value": prompt},
+                                                      {"from": "gpt", "value": q["answer"]}]}) + "\n")
+    if not rows:
+        raise ValueError(f"{src}: no questions of subtype(s) {sorted(wanted)}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("".join(rows), encoding="utf-8")
+    return len(rows)
 
 
 def _acc(correct: int, total: int) -> dict[str, Any]:
