@@ -322,3 +322,23 @@ def test_every_subtype_adds_questions_to_the_same_scene(tmp_path):
     recs = [json.loads(line) for line in path.read_text().splitlines()]
     assert [len(r["subtypes"]) for r in recs] == [len(hrvqa.make_scene("train", i, every_subtype=True).questions)
                                                   for i in range(3)]
+
+
+def test_write_subtype_single_turn_records_of_the_asked_subtypes(tmp_path):
+    src = write_split(tmp_path, "train", 4, questions_per_record="all", every_subtype=True)
+    want = [q for q in hrvqa.iter_questions(src) if q["subtype"] in ("shape", "count")]
+    n = hrvqa.write_subtype(src, ["shape", "count"], tmp_path / "sub" / "train_sc.jsonl")
+    recs = [json.loads(line) for line in (tmp_path / "sub" / "train_sc.jsonl").read_text().splitlines()]
+    assert n == len(recs) == len(want) == 8  # every subtype on every image: one shape + one count each
+    for r, q in zip(recs, want):
+        human, gpt = r["conversations"]
+        assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
+        assert (r["id"], r["image"], gpt["value"], r["subtype"]) == (q["id"], q["image"], q["answer"], q["subtype"])
+    assert [q["id"] for q in hrvqa.iter_questions(tmp_path / "sub" / "train_sc.jsonl")] == [q["id"] for q in want]
+    with pytest.raises(ValueError, match="unknown HR-VQA subtype"):
+        hrvqa.write_subtype(src, "colour", tmp_path / "x.jsonl")
+    one = write_split(tmp_path / "one", "test", 1)
+    missing = {"color", "shape", "digit", "count", "relation", "higher", "largest"} - {
+        q["subtype"] for q in hrvqa.iter_questions(one)}
+    with pytest.raises(ValueError, match="no questions of subtype"):
+        hrvqa.write_subtype(one, sorted(missing)[0], tmp_path / "y.jsonl")
