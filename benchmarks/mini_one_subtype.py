@@ -1,6 +1,6 @@
 """Can the LM learn to read one kind of question? Stage 2 on the questions of a single HR-VQA subtype.
 
-    python benchmarks/mini_one_subtype.py BASE SUBTYPE OUT [--data .cache/hrvqa] [--steps 96] [KEY=VALUE ...]
+    python benchmarks/mini_one_subtype.py BASE SUBTYPE[,SUBTYPE...] OUT [--data .cache/hrvqa] [--steps 96] [KEY=VALUE ...]
 
 BASE: a model after the align stage (or stage 1), e.g. runs/mini-full/stage0/final. Writes
 OUT/train.jsonl (one single-turn record per train question of SUBTYPE, from the multi-turn
@@ -37,8 +37,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     try:
-        n_train = write_subtype(data / "train.jsonl", args.subtype, out / "train.jsonl")
-        n_test = write_subtype(data / "test.jsonl", args.subtype, out / "test.jsonl")
+        subtypes = args.subtype.split(",")  # several: single-turn questions of those subtypes, shuffled together
+        n_train = write_subtype(data / "train.jsonl", subtypes, out / "train.jsonl")
+        n_test = write_subtype(data / "test.jsonl", subtypes, out / "test.jsonl")
     except ValueError as e:
         raise SystemExit(str(e))
     print(f"{args.subtype}: {n_train} train questions, {n_test} test questions", flush=True)
