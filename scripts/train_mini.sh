@@ -8,10 +8,11 @@
 #   S2_STEPS (default 60): stage 2, VQA with LoRA; steps of 8 images (7 questions each);
 #   S2_FREEZE_MM (default 0; 1 = on): stage 2 keeps DEM + projector as the earlier stage left them
 #     and trains only the LM's LoRA (train.freeze_mm);
-#   S2_CURRICULUM (default ""): question subtypes learned one at a time before the mixed stage 2, e.g.
-#     "shape color": each a LoRA stage 2 of S2_CURRICULUM_STEPS (default 96) steps of 8 single-turn
-#     questions of that subtype, from the previous stage's output (stage2-shape/, stage2-color/), and
-#     stage 2 starts from the last; the parts hold all their LoRA deltas (infllava.parts.combine_lora);
+#   S2_CURRICULUM (default ""): question subtypes added one at a time before the mixed stage 2, e.g.
+#     "shape color": a LoRA stage 2 per entry, S2_CURRICULUM_STEPS (default 96) steps of 8 single-turn
+#     questions of that subtype and the ones before it (stage2-shape/: shape; stage2-color/: shape +
+#     colour; a type trained alone after another makes the LM forget the first, README), each from the
+#     previous output; stage 2 starts from the last; the parts hold all their LoRA deltas (combine_lora);
 #   S2_MORE_STEPS (default 0): continue stage 2 from its output for this many more steps (seed 1,
 #     a fresh warmup + cosine schedule) into stage2b/, exported to parts-b/ (its lora.safetensors holds
 #     stage 2's LoRA and its own, stacked: infllava.parts.combine_lora) and scored;
@@ -58,10 +59,12 @@ if [ "$S1" != 0 ]; then
     ${BASE:+"model.adapter=$BASE"} ${MODEL_ARGS:-}
   BASE="$RUN/stage1/final"
 fi
-for ST in ${S2_CURRICULUM:-}; do  # one question type at a time (single-turn records of that subtype)
+SEEN=""
+for ST in ${S2_CURRICULUM:-}; do  # question types added one at a time (single-turn records of those subtypes)
+  SEEN="${SEEN:+$SEEN,}$ST"
   if [ ! -f "$RUN/stage2-$ST/final/config.json" ]; then
-    "$BIN/python" -c "import sys; from infllava.evaluation.hrvqa import write_subtype as w; w(*sys.argv[1:])" \
-      "$DATA/train.jsonl" "$ST" "$RUN/curriculum/train_$ST.jsonl"
+    "$BIN/python" -c "import sys; from infllava.evaluation.hrvqa import write_subtype as w; w(sys.argv[1], sys.argv[2].split(','), sys.argv[3])" \
+      "$DATA/train.jsonl" "$SEEN" "$RUN/curriculum/train_$ST.jsonl"
     "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" "data.path=$RUN/curriculum/train_$ST.jsonl" \
       "model.base=$BASE" "train.output_dir=$RUN/stage2-$ST" "train.max_steps=${S2_CURRICULUM_STEPS:-96}" ${FREEZE[@]+"${FREEZE[@]}"}
   fi

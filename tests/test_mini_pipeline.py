@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_train_mini_script_smoke(tmp_path):
     env = dict(os.environ, BIN=str(Path(sys.executable).parent), DATA=str(tmp_path / "hrvqa"), RUNS=str(tmp_path / "runs"),
-               TRAIN_IMAGES="8", TEST_IMAGES="2", S0_EPOCHS="1", S1_STEPS="1", S2_STEPS="1", S2_MORE_STEPS="1", S2_CURRICULUM="shape", S2_CURRICULUM_STEPS="1", S2_FREEZE_MM="1", MODEL_ARGS="model.dem_downsample=maxpool",
+               TRAIN_IMAGES="8", TEST_IMAGES="2", S0_EPOCHS="1", S1_STEPS="1", S2_STEPS="1", S2_MORE_STEPS="1", S2_CURRICULUM="shape color", S2_CURRICULUM_STEPS="1", S2_FREEZE_MM="1", MODEL_ARGS="model.dem_downsample=maxpool",
                FEATURE_CACHE=str(tmp_path / "fc"))
     done = subprocess.run(["bash", str(ROOT / "scripts" / "train_mini.sh"), "full"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
@@ -38,13 +38,17 @@ def test_train_mini_script_smoke(tmp_path):
     # stage 2 sees stage 1's 8 images again: their crops come from the feature cache
     assert log[-1]["feature_cache_hits"] > 0
     assert is_parts_dir(run / "parts") and is_parts_dir(run / "parts-b")
-    # the curriculum: the shape questions alone (single-turn), then stage 2 from its output
-    cur = [json.loads(line) for line in (run / "curriculum" / "train_shape.jsonl").read_text().splitlines()]
-    assert len(cur) == 8 and all(r["subtype"] == "shape" and len(r["conversations"]) == 2 for r in cur)
-    assert log[0]["config"]["model"]["base"] == str(run / "stage2-shape" / "final")
-    # each LoRA run keeps its bases' deltas: stage 2 holds 2 runs' (rank 8 + 8), stage 2b 3 (rank 24)
-    assert json.loads((run / "parts" / "lora.json").read_text())["r"] == 16
-    assert json.loads((run / "parts-b" / "lora.json").read_text())["r"] == 24
+    # the curriculum: the shape questions alone (single-turn), then shape + colour, then stage 2 from that
+    for name, subtypes in (("shape", {"shape"}), ("color", {"shape", "color"})):
+        cur = [json.loads(line) for line in (run / "curriculum" / f"train_{name}.jsonl").read_text().splitlines()]
+        assert len(cur) == 8 * len(subtypes) and {r["subtype"] for r in cur} == subtypes
+        assert all(len(r["conversations"]) == 2 for r in cur)
+    logc = [json.loads(line) for line in (run / "stage2-color" / "train.log").read_text().splitlines()]
+    assert logc[0]["config"]["model"]["base"] == str(run / "stage2-shape" / "final")
+    assert log[0]["config"]["model"]["base"] == str(run / "stage2-color" / "final")
+    # each LoRA run keeps its bases' deltas: stage 2 holds 3 runs' (rank 8 x 3), stage 2b 4 (rank 32)
+    assert json.loads((run / "parts" / "parts.json").read_text())["lora"]["r"] == 24
+    assert json.loads((run / "parts-b" / "parts.json").read_text())["lora"]["r"] == 32
     # the continuation starts from stage 2's output with its own seed
     logb = [json.loads(line) for line in (run / "stage2b" / "train.log").read_text().splitlines()]
     assert logb[0]["config"]["model"]["base"] == str(run / "stage2" / "final")
