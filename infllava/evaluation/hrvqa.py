@@ -663,8 +663,8 @@ def iter_questions(records: Iterable[Mapping[str, Any]] | str | os.PathLike
 
 def write_subtype(src: str | os.PathLike, subtypes: str | Iterable[str], out: str | os.PathLike) -> int:
     """Write the questions of `subtypes` from a split file (either layout) as single-turn records, each
-    with the image placeholder, to `out`; returns how many. The data of a curriculum stage (one question
-    type at a time, scripts/train_mini.sh S2_CURRICULUM) and of benchmarks/mini_one_subtype.py."""
+    with the image placeholder, to `out`; returns how many. The data of a curriculum stage (the
+    subtypes learned so far, scripts/train_mini.sh S2_CURRICULUM) and of benchmarks/mini_one_subtype.py."""
     wanted = {subtypes} if isinstance(subtypes, str) else set(subtypes)
     unknown = wanted - set(DETAIL_SUBTYPES + GLOBAL_SUBTYPES)
     if unknown:
