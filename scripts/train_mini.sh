@@ -5,11 +5,11 @@
 #   S0_EPOCHS (default 8; 0 = skip): the align stage, DEM + projector towards the LM's embeddings of
 #     grounded phrases, no LM pass (configs/mini/align.yaml);
 #   S1_STEPS (default 0 = skip): stage 1, captions through the frozen LM;
-#   S2_STEPS (default 60): stage 2, VQA with LoRA; steps of 8 images (7 questions each);
+#   S2_STEPS (default 40): stage 2, VQA with LoRA; steps of 8 images (7 questions each);
 #   S2_FREEZE_MM (default 0; 1 = on): stage 2 keeps DEM + projector as the earlier stage left them
 #     and trains only the LM's LoRA (train.freeze_mm);
-#   S2_CURRICULUM (default ""): question subtypes added one at a time before the mixed stage 2, e.g.
-#     "shape color": a LoRA stage 2 per entry, S2_CURRICULUM_STEPS (default 96) steps of 8 single-turn
+#   S2_CURRICULUM (default "shape color"; "" = off): question subtypes added one at a time before the
+#     mixed stage 2: a LoRA stage 2 per entry, S2_CURRICULUM_STEPS (default 96) steps of 8 single-turn
 #     questions of that subtype and the ones before it (stage2-shape/: shape; stage2-color/: shape +
 #     colour; a type trained alone after another makes the LM forget the first, README), each from the
 #     previous output; stage 2 starts from the last; the parts hold all their LoRA deltas (combine_lora);
@@ -18,7 +18,7 @@
 #     stage 2's LoRA and its own, stacked: infllava.parts.combine_lora) and scored;
 #   EVAL_LIMIT: questions of the test split (default all).
 #   MODEL_ARGS: extra model overrides for the stages built from a config (align, stage 1; stage 2
-#     inherits its base's model), e.g. "model.vision_stage=6 model.dem_downsample=maxpool"
+#     inherits its base's model), e.g. "model.vision_stage=8 model.dem_downsample=maxpool"
 #     (space-separated key=value). An adapter loaded under other weight-free choices is an error.
 # The defaults reproduce the shipped model (HR-VQA v2, README "INF-LLaVA-mini").
 # Data knobs (the CI smoke test shrinks them): DATA (default .cache/hrvqa), TRAIN_IMAGES (1200),
@@ -28,7 +28,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VIEWS="${1:-full}"
-S0="${S0_EPOCHS:-8}"; S1="${S1_STEPS:-0}"; S2="${S2_STEPS:-60}"; S2B="${S2_MORE_STEPS:-0}"
+S0="${S0_EPOCHS:-8}"; S1="${S1_STEPS:-0}"; S2="${S2_STEPS:-40}"; S2B="${S2_MORE_STEPS:-0}"
 FREEZE=(); [ "${S2_FREEZE_MM:-0}" = 1 ] && FREEZE=("train.freeze_mm=true")
 BIN="${BIN:-.venv/bin}"
 DATA="${DATA:-.cache/hrvqa}"
@@ -60,7 +60,7 @@ if [ "$S1" != 0 ]; then
   BASE="$RUN/stage1/final"
 fi
 SEEN=""
-for ST in ${S2_CURRICULUM:-}; do  # question types added one at a time (single-turn records of those subtypes)
+for ST in ${S2_CURRICULUM-shape color}; do  # question types added one at a time (single-turn records of those subtypes)
   SEEN="${SEEN:+$SEEN,}$ST"
   if [ ! -f "$RUN/stage2-$ST/final/config.json" ]; then
     "$BIN/python" -c "import sys; from infllava.evaluation.hrvqa import write_subtype as w; w(sys.argv[1], sys.argv[2].split(','), sys.argv[3])" \
