@@ -33,7 +33,7 @@ CLIP_VIT_L_14_336 = dict(
     projection_dim=768,
 )
 
-DEM_DOWNSAMPLE = ("bilinear", "avgpool", "maxpool", "unshuffle")  # InfLlavaConfig.dem_downsample choices
+DEM_DOWNSAMPLE = ("bilinear", "avgpool", "maxpool", "unshuffle", "mlpavg")  # InfLlavaConfig.dem_downsample choices
 
 # OpenAI CLIP normalisation (also the pad colour of expand2square, x 255).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -65,6 +65,10 @@ class InfLlavaConfig(PreTrainedConfig):
             InternVL's token merge) and a learned Linear(n_h*n_w*d, d) maps them back to d, initialised
             to the average (so it starts as avgpool); it can keep which position of the cell a small
             object's response came from, which a fixed pooling cannot. It adds weights (`dem.downsample`).
+            "mlpavg" (ours): the mean over each cell of x + MLP(x), one MLP Linear(d, d)-GELU-Linear(d, d)
+            shared by every position (`dem.cell_mlp`, last layer zero-initialised: it starts as avgpool).
+            Unlike unshuffle's per-position weights, what it learns to read in one position (a digit)
+            it reads in all n_h*n_w, from n_h*n_w times as many examples.
         views: which views feed the visual tokens (ablations; the token count is the same for all):
             "full" (DCM + DEM, as released); "thumbnail" (the low-resolution view only, LLaVA-1.5-like);
             "local" (thumbnail + local crops, their map average-pooled per n_h x n_w cell, no DEM);
@@ -103,7 +107,7 @@ class InfLlavaConfig(PreTrainedConfig):
     dem_num_heads: int = 8
     dem_ffn_ratio: int = 16
     dem_share_attention: bool = True
-    dem_downsample: Literal["bilinear", "avgpool", "maxpool", "unshuffle"] = "bilinear"
+    dem_downsample: Literal["bilinear", "avgpool", "maxpool", "unshuffle", "mlpavg"] = "bilinear"
     views: Literal["full", "thumbnail", "local", "global"] = "full"
     thumbnail_merge: Literal["mean", "sum"] = "mean"
     projector_type: str = "mlp2x_gelu"

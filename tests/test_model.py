@@ -339,3 +339,29 @@ def test_other_causal_lms(text, tmp_path):
     loaded = InfLlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids, pixel_values=px).logits, loaded(input_ids=ids, pixel_values=px).logits)
+
+
+def test_mlpavg_downsample_starts_as_avgpool_and_shares_one_mlp():
+    """dem_downsample "mlpavg" (ours): at init the same features as avgpool (zero last layer, also after
+    the model's weight init); with weights, the mean over each cell of x + MLP(x), one MLP for all
+    positions."""
+    _, ours, cfg = paired_models(dem_downsample="avgpool")
+    ml = InfLlavaForConditionalGeneration(tiny_config(dem_downsample="mlpavg")).eval()
+    missing, unexpected = ml.load_state_dict(ours.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == ["dem.cell_mlp.0.bias", "dem.cell_mlp.0.weight",
+                                                  "dem.cell_mlp.2.bias", "dem.cell_mlp.2.weight"]
+    assert ml.dem.cell_mlp[2].weight.abs().max() == 0
+    px = torch.randn(2, 3, *cfg.input_size)
+    with torch.no_grad():
+        assert (ml.get_image_features(px) - ours.get_image_features(px)).abs().max() <= TOL
+        ml.dem.cell_mlp[2].weight.normal_(0, 0.2)
+        assert (ml.get_image_features(px) - ours.get_image_features(px)).abs().max() > 100 * TOL
+        # the tokens are the mean over each cell of x + MLP(x), x the fused map at the cell's positions
+        seen = {}
+        h1 = ml.dem.cell_mlp.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
+        h2 = ml.dem.register_forward_hook(lambda m, i, o: seen.update(out=o))
+        ml.get_image_features(px)
+        h1.remove(), h2.remove()
+        x = seen["x"]  # (B, O, h, w, d): O = all n_h*n_w positions of a cell
+        assert x.shape[1] == 9
+        assert (seen["out"] - (x + ml.dem.cell_mlp(x)).mean(1)).abs().max() <= 1e-5

@@ -17,7 +17,9 @@ Finally the (n_h*h) x (n_w*w) map returns to h x w:
   "avgpool" (paper): the mean over each n_h x n_w cell;
   "maxpool" (ours): the per-channel maximum over each cell (keeps a one-position response undiluted);
   "unshuffle" (ours): the cell's positions concatenated, then a learned Linear(n_h*n_w*d, d) (`downsample`),
-    initialised to the mean so that it starts as avgpool.
+    initialised to the mean so that it starts as avgpool;
+  "mlpavg" (ours): the mean over each cell of x + MLP(x), one MLP shared by all positions (`cell_mlp`,
+    its last layer zero-initialised so that it starts as avgpool).
 Everything after the attention is per position, so only the positions the downsampling reads are
 computed: the cells' offsets (i, j) in `sample_offsets`, their a-queries, their c-sub-grids, and only
 the global crops at those offsets are needed at all. For the official 3x3 grid: 1 of 9 global crops,
@@ -87,7 +89,7 @@ def init_mean_of_cells(linear: nn.Linear) -> None:
 
 def axis_samples(n: int, mode: str) -> tuple[list[int], list[float]]:
     """Offsets inside a cell of n positions that the downsampling reads, and their weights."""
-    if mode in ("avgpool", "maxpool", "unshuffle"):  # every position; maxpool, unshuffle: weights unused
+    if mode in ("avgpool", "maxpool", "unshuffle", "mlpavg"):  # every position; maxpool, unshuffle: weights unused
         return list(range(n)), [1.0 / n] * n
     if n % 2:  # bilinear, align_corners=False, ratio n: source n*p + (n-1)/2 exactly
         return [(n - 1) // 2], [1.0]
@@ -113,6 +115,12 @@ class DualPerspectiveEnhancement(nn.Module):
             self.downsample = nn.Linear(n * d, d)
             self.downsample.mean_of_cells = n  # the model's weight init knows it by this mark
             init_mean_of_cells(self.downsample)
+        self.cell_mlp = None
+        if config.dem_downsample == "mlpavg":
+            self.cell_mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+            self.cell_mlp[2].zero_init = True  # the model's weight init knows it by this mark
+            nn.init.zeros_(self.cell_mlp[2].weight)
+            nn.init.zeros_(self.cell_mlp[2].bias)
         rows, row_w = axis_samples(self.grid[0], config.dem_downsample)
         cols, col_w = axis_samples(self.grid[1], config.dem_downsample)
         # (i, j) offsets of the sampled positions inside each n_h x n_w cell, row-major, and weights
@@ -145,6 +153,8 @@ class DualPerspectiveEnhancement(nn.Module):
         c = c.view(B, O, h, w, d)
 
         fused = self.fuse_norm(torch.cat([self.ffn_local(c), self.ffn_global(a)], -1) + a + c)
+        if self.cell_mlp is not None:  # mlpavg: the same MLP at every position, then the mean over the cell
+            fused = fused + self.cell_mlp(fused)
         if O == 1:
             return fused[:, 0]
         if self.max_pool:

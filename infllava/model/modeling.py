@@ -42,6 +42,9 @@ class InfLlavaPreTrainedModel(PreTrainedModel):
         std = getattr(self.config.get_text_config(), "initializer_range", 0.02)
         if isinstance(module, nn.Linear) and hasattr(module, "mean_of_cells"):
             init_mean_of_cells(module)  # the DEM's unshuffle downsample starts as avgpool
+        elif isinstance(module, nn.Linear) and getattr(module, "zero_init", False):
+            module.weight.data.zero_()  # the last layer of the DEM's mlpavg cell MLP: starts as avgpool
+            module.bias.data.zero_()
         elif isinstance(module, nn.Linear):
             module.weight.data.normal_(0.0, std)
             if module.bias is not None:

@@ -38,7 +38,7 @@ class ModelConfig:
     dem_num_heads: int | None = None  # None: the preset's / InfLlavaConfig's default (8)
     dem_ffn_ratio: int | None = None  # None: the preset's / InfLlavaConfig's default (16)
     dem_share_attention: bool = True
-    dem_downsample: Literal["bilinear", "avgpool", "maxpool", "unshuffle"] = "bilinear"
+    dem_downsample: Literal["bilinear", "avgpool", "maxpool", "unshuffle", "mlpavg"] = "bilinear"
     views: Literal["full", "thumbnail", "local", "global"] = "full"  # ablations (see InfLlavaConfig)
     template: Literal["llama3", "plain", "chat_template"] | None = None  # default: stage's (plain / model's)
 
