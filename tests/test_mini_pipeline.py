@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_train_mini_script_smoke(tmp_path):
     env = dict(os.environ, BIN=str(Path(sys.executable).parent), DATA=str(tmp_path / "hrvqa"), RUNS=str(tmp_path / "runs"),
-               TRAIN_IMAGES="8", TEST_IMAGES="2", S0_EPOCHS="1", S1_STEPS="1", S2_STEPS="1", S2_MORE_STEPS="1", S2_CURRICULUM="shape color", S2_CURRICULUM_STEPS="1", S2_FREEZE_MM="1", MODEL_ARGS="model.dem_downsample=maxpool",
+               TRAIN_IMAGES="8", TEST_IMAGES="2", S0_EPOCHS="1", S1_STEPS="1", S2_STEPS="1", S2_MORE_STEPS="1", S2_CURRICULUM="shape color", S2_CURRICULUM_STEPS="1", S2_FREEZE_MM="1", MODEL_ARGS="model.vision_stage=8 model.dem_downsample=maxpool",
                FEATURE_CACHE=str(tmp_path / "fc"))
     done = subprocess.run(["bash", str(ROOT / "scripts" / "train_mini.sh"), "full"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
@@ -66,4 +66,4 @@ def test_train_mini_script_smoke(tmp_path):
     assert json.loads((run / "test_scores_b.json").read_text())["scores"]["model"] == str(run / "parts-b")
     model, processor = infllava.load(run / "parts", device="cpu")
     # MODEL_ARGS reach the first stage, and the model they fix carries through to the parts
-    assert model.config.views == "full" and model.config.dem_downsample == "maxpool"
+    assert model.config.views == "full" and model.config.dem_downsample == "maxpool" and model.config.vision_config.stage == 8
