@@ -44,7 +44,9 @@ def collect(model, proc, split: str, n: int) -> tuple[dict[str, list[torch.Tenso
     h, w = cfg.feature_grid
     full = cfg.views == "full"
     seen: dict[str, torch.Tensor] = {}
-    hooks = []
+    # the model's own path (get_image_features), its intermediate outputs taken by hooks
+    hooks = [model.vision_tower.register_forward_hook(lambda m, i, o: seen.update(feats=o)),
+             model.projector.register_forward_hook(lambda m, i, o: seen.update(merged=i[0], token=o))]
     if full:
         hooks.append(model.dem.fuse_norm.register_forward_hook(lambda m, i, o: seen.update(fused=o)))
         hooks.append(model.dem.register_forward_hook(lambda m, i, o: seen.update(high=o)))
@@ -56,12 +58,9 @@ def collect(model, proc, split: str, n: int) -> tuple[dict[str, list[torch.Tenso
             box = next(o for o in scene.objects if o.kind == "box")
             x, y = box.center
             Y, X = int(y * gh * h // scene.size), int(x * gw * w // scene.size)  # position in the n*h x n*w map
-            px = proc.image_processor([load_image(f"{DATA}/images/{split}/{index:06d}.png")])
             with torch.no_grad():
-                crops = model.image_crops(px)
-                feats = model.vision_tower(crops.flatten(0, 1))  # (N, T, d), through the feature cache
-                merged = model.merge_crop_features(feats.unsqueeze(0), thumb_is_crop=model._thumb_is_crop(px))
-                token = model.projector(merged)
+                model.get_image_features(proc.image_processor([load_image(f"{DATA}/images/{split}/{index:06d}.png")]))
+            feats, merged, token = seen["feats"], seen["merged"], seen["token"]  # (N, T, d), (1, T, d), (1, T, D)
             k = (Y // h) * gw + X // w  # the local crop holding the centre (local crops come first)
             t = (Y // gh) * w + X // gw  # the token whose cell holds it
             out = {"local cell": feats[k].view(h, w, -1)[Y % h, X % w] if cfg.views in ("full", "local") else None,
