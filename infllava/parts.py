@@ -80,12 +80,17 @@ def combine_lora(first: tuple[dict, dict], second: tuple[dict, dict]) -> tuple[d
     return out, {"r": r, "alpha": r, "runs": runs}
 
 
-def export_parts(model_dir: str | Path, out_dir: str | Path, vision_tower: str = "efficientnet-lite0",
-                 language_model: str = "smollm2", dtype: torch.dtype | None = None) -> Path:
+def export_parts(model_dir: str | Path, out_dir: str | Path, vision_tower: str | None = None,
+                 language_model: str | None = None, dtype: torch.dtype | None = None) -> Path:
     """Write a parts directory from a training output (`final/` with adapter.safetensors and,
     for LoRA runs, lora.safetensors + lora.json). `dtype` (e.g. torch.float16, what the shipped
-    model uses: half the bytes) converts the floating-point weights; loading computes in float32."""
+    model uses: half the bytes) converts the floating-point weights; loading computes in float32.
+    The backbones default to those of the output's own parts.json (training writes one over packaged
+    backbones), else efficientnet-lite0 and smollm2."""
     src, out = Path(model_dir), Path(out_dir)
+    own = read_manifest(src) if is_parts_dir(src) else {}
+    vision_tower = vision_tower or own.get("vision_tower", "efficientnet-lite0")
+    language_model = language_model or own.get("language_model", "smollm2")
     if (src / LM_DELTA_FILE).exists():
         why = json.loads((src / LM_DELTA_FILE).read_text())
         why = why.get("reason") or f"it holds the merged LoRA delta of its base {why.get('merged_from')}"
@@ -93,7 +98,6 @@ def export_parts(model_dir: str | Path, out_dir: str | Path, vision_tower: str =
                          f"not hold ({why}): parts over the packaged LM would lose it. Ship the whole model "
                          f"directory, or train the LM with LoRA (train.lora.enabled) from a base without such changes")
     out.mkdir(parents=True, exist_ok=True)
-    files = {}
     for name in ("config.json", "processor_config.json", "adapter.safetensors", "lora.safetensors"):
         if (src / name).exists():
             if dtype is not None and name.endswith(".safetensors"):
@@ -101,15 +105,32 @@ def export_parts(model_dir: str | Path, out_dir: str | Path, vision_tower: str =
                 save_file(tensors, str(out / name))
             else:
                 shutil.copy2(src / name, out / name)
-            if name.endswith(".safetensors"):
-                files[name] = sha256(out / name)
-    if "adapter.safetensors" not in files:
+    if not (src / "adapter.safetensors").exists():
         raise PartsError(f"{src}: no adapter.safetensors (train output expected)")
     lora = json.loads((src / "lora.json").read_text()) if (src / "lora.json").exists() else None
+    write_manifest(out, vision_tower, language_model, lora)
+    return out
+
+
+def write_manifest(out: Path, vision_tower: str, language_model: str, lora: dict | None) -> None:
+    """`parts.json` for a directory holding config.json, processor_config.json, adapter.safetensors and
+    optionally lora.safetensors: the packaged backbones to assemble over and the weights' sha256."""
+    out = Path(out)
+    files = {name: sha256(out / name) for name in ("adapter.safetensors", "lora.safetensors") if (out / name).exists()}
+    if "lora.safetensors" not in files:
+        lora = None
     (out / PARTS_FILE).write_text(json.dumps({"format": FORMAT, "vision_tower": vision_tower,
                                               "language_model": language_model, "lora": lora,
                                               "sha256": files}, indent=1))
-    return out
+
+
+def read_manifest(path: str | Path) -> dict:
+    """parts.json of a parts directory, its format checked."""
+    path = Path(path)
+    spec = json.loads((path / PARTS_FILE).read_text())
+    if spec.get("format") != FORMAT:
+        raise PartsError(f"{path / PARTS_FILE}: unknown format {spec.get('format')!r}")
+    return spec
 
 
 def load_parts(path: str | Path, dtype: torch.dtype = torch.float32):
@@ -122,9 +143,7 @@ def load_parts(path: str | Path, dtype: torch.dtype = torch.float32):
     from .processing import InfLlavaProcessor
 
     path = Path(path)
-    spec = json.loads((path / PARTS_FILE).read_text())
-    if spec.get("format") != FORMAT:
-        raise PartsError(f"{path / PARTS_FILE}: unknown format {spec.get('format')!r}")
+    spec = read_manifest(path)
     for name, digest in spec["sha256"].items():
         f = path / name
         if not f.is_file():

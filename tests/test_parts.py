@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import infllava
 from infllava import InfLlavaForConditionalGeneration
 from infllava.evaluation.hrvqa import write_split
-from infllava.parts import PartsError, combine_lora, export_parts
+from infllava.parts import PartsError, combine_lora, export_parts, is_parts_dir
 from infllava.training.config import load_config
 from infllava.training.trainer import train
 
@@ -26,6 +26,7 @@ def trained_mini(tmp_path_factory):
         "train.stage=finetune", f"train.output_dir={root / 'run'}", "train.max_steps=1", "train.global_batch_size=2",
         "train.micro_batch_size=2", "train.lr=1e-2", "train.warmup_ratio=0", "train.precision=fp32",
         "train.save_every=0", "train.lora.enabled=true", "train.lora.r=4", "train.lora.alpha=8",
+        "train.save_full_model=true",  # the merged model too, to compare the parts with
     ])
     return train(cfg), root
 
@@ -101,14 +102,40 @@ def test_half_precision_parts_are_half_the_size_and_load_in_float32(trained_mini
     assert a.argmax() == b.argmax()
 
 
-def _continue(final, root, out, lora=True):
+def _continue(final, root, out, lora=True, full=True):
     return train(load_config(None, [
         f"model.base={final}", f"data.path={root / 'bench' / 'train.jsonl'}", f"data.images={root / 'bench'}",
         "data.max_length=512", "data.num_workers=0", "train.stage=finetune", f"train.output_dir={out}",
         "train.max_steps=1", "train.global_batch_size=2", "train.micro_batch_size=2", "train.lr=1e-2",
         "train.warmup_ratio=0", "train.precision=fp32", "train.save_every=0", f"train.lora.enabled={str(lora).lower()}",
-        "train.lora.r=2", "train.lora.alpha=8",
+        "train.lora.r=2", "train.lora.alpha=8", f"train.save_full_model={str(full).lower()}",
     ]))
+
+
+@pytest.mark.slow
+def test_a_final_over_packaged_backbones_is_parts_and_serves_as_a_base(trained_mini, tmp_path):
+    """By default a LoRA run over the packaged backbones writes only its parts (no 0.5 GB model.safetensors);
+    the next stage builds on that directory exactly as on the full merged one."""
+    final, root = trained_mini
+    compact = _continue(final, root, tmp_path / "compact", full=False)
+    assert is_parts_dir(compact) and not (compact / "model.safetensors").exists()
+    assert sum(f.stat().st_size for f in compact.iterdir()) < 60e6
+    assert json.loads((compact / "parts.json").read_text())["lora"]["runs"] == 2
+    same = _continue(final, root, tmp_path / "same")  # the same run, full model written too
+    enc_model, processor = infllava.load(compact, device="cpu")
+    enc = processor.apply_chat([{"role": "user", "content": "What shape is the small object?"}],
+                               images=[str(root / "bench" / "images" / "train" / "000000.png")])
+    with torch.no_grad():
+        a = enc_model(**enc).logits
+        b = InfLlavaForConditionalGeneration.from_pretrained(same).eval()(**enc).logits
+    assert (a - b).abs().max() < 1e-3
+    third = _continue(compact, root, tmp_path / "third")  # model.base = a parts directory
+    meta = json.loads((third / "lora.json").read_text())
+    assert meta["runs"] == 3 and meta["r"] == 8
+    merged = InfLlavaForConditionalGeneration.from_pretrained(third).eval()
+    model, _ = infllava.load(third, device="cpu")  # parts.json present: assembled from the parts
+    with torch.no_grad():
+        assert (merged(**enc).logits - model(**enc).logits).abs().max() < 1e-3
 
 
 @pytest.mark.slow

