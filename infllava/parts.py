@@ -77,7 +77,8 @@ def combine_lora(first: tuple[dict, dict], second: tuple[dict, dict]) -> tuple[d
         out[f"{name}.lora_A"], out[f"{name}.lora_B"] = torch.cat(As, 0).contiguous(), torch.cat(Bs, 1).contiguous()
     r = first[1]["r"] + second[1]["r"]
     runs = first[1].get("runs", 1) + second[1].get("runs", 1)
-    return out, {"r": r, "alpha": r, "runs": runs}
+    ranks = first[1].get("ranks", [first[1]["r"]]) + second[1].get("ranks", [second[1]["r"]])
+    return out, {"r": r, "alpha": r, "runs": runs, "ranks": ranks}
 
 
 def export_parts(model_dir: str | Path, out_dir: str | Path, vision_tower: str | None = None,
@@ -172,12 +173,21 @@ def load_parts(path: str | Path, dtype: torch.dtype = torch.float32):
 
 
 def _merge_lora(lm, factors: dict[str, torch.Tensor], meta: dict) -> None:
+    """W += alpha / r * B @ A per module. Factors stacked from several runs (`combine_lora`, meta "ranks")
+    merge run by run, in training order: with power-of-two scales (alpha = 2r, the shipped configs) that
+    is the merged chain's LM bit for bit, as each run merged its delta into the weights the next trained on."""
     scale = meta["alpha"] / meta["r"]
+    ranks = meta.get("ranks") or [meta["r"]]
     modules = dict(lm.named_modules())
     for key in [k for k in factors if k.endswith(".lora_A")]:
         name = key[: -len(".lora_A")]
         if name not in modules:
             raise PartsError(f"lora.safetensors: module {name} not found in the language model")
         A, B = factors[key].float(), factors[f"{name}.lora_B"].float()
+        blocks = ranks if sum(ranks) == A.shape[0] else [A.shape[0]]  # a module some run did not train: at once
         with torch.no_grad():
-            modules[name].weight += scale * (B @ A)
+            start = 0
+            for r in blocks:
+                a, b = A[start:start + r].contiguous(), B[:, start:start + r].contiguous()
+                modules[name].weight += scale * (b @ a)
+                start += r
