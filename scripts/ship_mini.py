@@ -1,6 +1,7 @@
 """Ship a trained INF-LLaVA-mini: export its parts (float16) into the package and pick the demo image.
 
     python scripts/ship_mini.py [--run runs/mini-full] [--baseline runs/mini-thumbnail]
+    python scripts/ship_mini.py --run runs/mini-full --verify   # does RUN reproduce the shipped parts?
 
 1. `export_parts(RUN/stage2/final, infllava/assets/inf-llava-mini, dtype=float16)`: DEM, projector and
    LoRA factors with their sha256 (`infllava.load("inf-llava-mini")` assembles them with the packaged
@@ -10,6 +11,9 @@
    (thumbnail-only) model got wrong (without a baseline run: one with a detail question). It is copied
    to examples/hrvqa-example.png with its questions and true answers in examples/hrvqa-example.json,
    which says how it was chosen.
+
+--verify writes nothing: it exports RUN's parts the same way into a temporary folder and compares every
+tensor and the model config with the shipped ones (exit status 1 where any differs).
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from infllava.evaluation.hrvqa import iter_questions, normalize_answer
 from infllava.inference import SHIPPED
@@ -35,10 +42,13 @@ def main() -> None:
     p.add_argument("--baseline", default="runs/mini-thumbnail")
     p.add_argument("--data", default=".cache/hrvqa")
     p.add_argument("--caveat", default="", help="a warning the demo prints with the example (e.g. an under-trained model)")
+    p.add_argument("--verify", action="store_true", help="compare RUN's parts with the shipped ones; write nothing")
     args = p.parse_args()
     run, data = ROOT / args.run, ROOT / args.data
 
     out = SHIPPED["inf-llava-mini"]
+    if args.verify:
+        sys.exit(verify(run, out))
     if out.exists():
         shutil.rmtree(out)
     export_parts(run / "stage2" / "final", out, dtype=torch.float16)
@@ -73,6 +83,31 @@ def main() -> None:
          "subtype": q["subtype"]} for q in recs]}
     (ROOT / "examples" / "hrvqa-example.json").write_text(json.dumps(example, indent=1) + "\n")
     print(f"example -> examples/hrvqa-example.png ({note})")
+
+
+def verify(run: Path, shipped: Path) -> int:
+    """0 when RUN's float16 parts equal the shipped ones tensor for tensor (and the model config agrees)."""
+    differs = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        mine = export_parts(run / "stage2" / "final", Path(tmp) / "parts", dtype=torch.float16)
+        for name in ("adapter.safetensors", "lora.safetensors"):
+            a, b = load_file(str(mine / name)), load_file(str(shipped / name))
+            if set(a) != set(b):
+                print(f"{name}: different tensors ({len(set(a) ^ set(b))} names in only one)")
+                differs += 1
+                continue
+            unequal = [k for k in a if a[k].shape != b[k].shape or not torch.equal(a[k], b[k])]
+            worst = max(((a[k].float() - b[k].float()).abs().max().item() for k in unequal
+                         if a[k].shape == b[k].shape), default=0.0)
+            print(f"{name}: {len(a) - len(unequal)} of {len(a)} tensors bit-equal; largest difference {worst:.3g}")
+            differs += bool(unequal)
+        skip = {"transformers_version"}
+        ca, cb = (json.loads((d / "config.json").read_text()) for d in (mine, shipped))
+        keys = sorted(k for k in set(ca) | set(cb) if k not in skip and ca.get(k) != cb.get(k))
+        print(f"config.json: {'the same' if not keys else 'differs in ' + ', '.join(keys)}")
+        differs += bool(keys)
+    print("RUN reproduces the shipped parts" if not differs else "RUN does NOT reproduce the shipped parts")
+    return int(bool(differs))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ def test_train_mini_script_smoke(tmp_path):
     # stage 2 sees stage 1's 8 images again: their crops come from the feature cache
     assert log[-1]["feature_cache_hits"] > 0
     assert is_parts_dir(run / "parts") and is_parts_dir(run / "parts-b")
+    # over the packaged backbones every stage's final/ holds its parts only, and the next stage builds on it
+    for stage in ("stage0", "stage1", "stage2-shape", "stage2-color", "stage2", "stage2b"):
+        assert is_parts_dir(run / stage / "final") and not (run / stage / "final" / "model.safetensors").exists()
     # the curriculum: the shape questions alone (single-turn), then shape + colour, then stage 2 from that
     for name, subtypes in (("shape", {"shape"}), ("color", {"shape", "color"})):
         cur = [json.loads(line) for line in (run / "curriculum" / f"train_{name}.jsonl").read_text().splitlines()]

@@ -261,5 +261,5 @@ def train_align(cfg: RunConfig) -> Path:
             t0 = time.perf_counter()
     log.close()
     model.eval()
-    _save_final(model, processor, final)
+    _save_final(model, processor, final, save_full_model=cfg.train.save_full_model)
     return final
