@@ -101,13 +101,19 @@ def verify(run: Path, shipped: Path) -> int:
                          if a[k].shape == b[k].shape), default=0.0)
             print(f"{name}: {len(a) - len(unequal)} of {len(a)} tensors bit-equal; largest difference {worst:.3g}")
             differs += bool(unequal)
-        skip = {"transformers_version"}
-        ca, cb = (json.loads((d / "config.json").read_text()) for d in (mine, shipped))
-        keys = sorted(k for k in set(ca) | set(cb) if k not in skip and ca.get(k) != cb.get(k))
+        ca, cb = (_settings(json.loads((d / "config.json").read_text())) for d in (mine, shipped))
+        keys = sorted(k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k))
         print(f"config.json: {'the same' if not keys else 'differs in ' + ', '.join(keys)}")
         differs += bool(keys)
     print("RUN reproduces the shipped parts" if not differs else "RUN does NOT reproduce the shipped parts")
     return int(bool(differs))
+
+
+def _settings(config: dict) -> dict:
+    """A saved model config without the bookkeeping that says nothing about the model (library version,
+    the dtype a save recorded)."""
+    return {k: _settings(v) if isinstance(v, dict) else v for k, v in config.items()
+            if k not in ("transformers_version", "dtype")}
 
 
 if __name__ == "__main__":
