@@ -127,6 +127,13 @@ def test_align_stage_learns_skips_bad_records_and_feeds_pretrain(tmp_path):
                                f"model.dem_downsample={other}", f"train.output_dir={tmp_path / 'pre2'}"])
     with pytest.raises(ConfigError, match=f"dem_downsample={saved!r}.*set model.dem_downsample={saved}"):
         build_model(wrong)
+    summed = load_config(TINY, [f"data.path={data}", f"data.images={data.parent}", f"model.adapter={final}",
+                                "model.thumbnail_merge=sum", f"train.output_dir={tmp_path / 'pre3'}"])
+    with pytest.raises(ConfigError, match="thumbnail_merge='mean'.*set model.thumbnail_merge=mean"):
+        build_model(summed)
+    summed = load_config(TINY, [f"data.path={data}", f"data.images={data.parent}", "model.thumbnail_merge=sum",
+                                f"train.output_dir={tmp_path / 'pre3'}"])
+    assert build_model(summed)[0].config.thumbnail_merge == "sum"
 
 def test_align_without_any_grounded_record_says_so(tmp_path):
     data = make_toy_dataset(tmp_path / "data", n=4)

@@ -64,6 +64,7 @@ def build_model(cfg: RunConfig):
 def _dem_overrides(m) -> dict:
     out = dict(grid=list(m.grid), vision_feature_layer=m.vision_feature_layer, projector_type=m.projector_type,
                dem_share_attention=m.dem_share_attention, dem_downsample=m.dem_downsample, views=m.views,
+               thumbnail_merge=m.thumbnail_merge,
                projector_input_norm=m.projector_input_norm)
     if m.dem_num_heads is not None:
         out["dem_num_heads"] = m.dem_num_heads
@@ -120,7 +121,7 @@ def _build_from_parts(m):
 
 # Model choices that hold no weights (model.* keys, named as in the saved config): an adapter trained under
 # one value loads under another with every shape matching, and would silently compute something else.
-_WEIGHT_FREE_CHOICES = ("dem_downsample", "views", "grid", "vision_feature_layer")
+_WEIGHT_FREE_CHOICES = ("dem_downsample", "views", "grid", "vision_feature_layer", "thumbnail_merge")
 
 
 def _check_adapter_config(model: InfLlavaForConditionalGeneration, directory: Path) -> None:
