@@ -299,23 +299,21 @@ def _save_final(model, processor, final: Path, gathered: dict | None = None, sav
         (final / "lora.json").write_text(json.dumps(lora_meta))
     if processor.template == "plain":  # a training-only format; chat with the model's conversation template
         processor.template = model.config.template = _chat_template_for(processor.tokenizer)
-    packaged = getattr(model, "packaged", None)
-    if packaged and not getattr(model, "lm_delta", None):
-        # Over packaged backbones whose LM changed by LoRA factors at most, the parts (config, adapter,
-        # LoRA factors) are the whole model: a few MB instead of the frozen backbones' hundreds.
+    # Over packaged backbones whose LM changed by LoRA factors at most, the parts (config, adapter, LoRA
+    # factors) are the whole model: a few MB instead of the frozen backbones' hundreds.
+    packaged = None if getattr(model, "lm_delta", None) else getattr(model, "packaged", None)
+    if packaged is None or save_full_model:
+        merge_lora(model)
+        if getattr(model, "lm_delta", None):
+            (final / LM_DELTA_FILE).write_text(json.dumps(model.lm_delta))
+        model.requires_grad_(False)
+        model.save_pretrained(final)
+    else:
         model.config.save_pretrained(final)
-        processor.save_pretrained(final)
-        save_file(adapter_state_dict(model), str(final / ADAPTER_FILE))
-        write_manifest(final, packaged["vision_tower"], packaged["language_model"], lora_meta if factors else None)
-        if not save_full_model:
-            return
-    merge_lora(model)
-    if getattr(model, "lm_delta", None):
-        (final / LM_DELTA_FILE).write_text(json.dumps(model.lm_delta))
-    model.requires_grad_(False)
-    model.save_pretrained(final)
     processor.save_pretrained(final)
     save_file(adapter_state_dict(model), str(final / ADAPTER_FILE))
+    if packaged is not None:
+        write_manifest(final, packaged["vision_tower"], packaged["language_model"], lora_meta if factors else None)
 
 
 def _chat_template_for(tokenizer) -> str:
