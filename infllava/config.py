@@ -73,8 +73,12 @@ class InfLlavaConfig(PreTrainedConfig):
             "full" (DCM + DEM, as released); "thumbnail" (the low-resolution view only, LLaVA-1.5-like);
             "local" (thumbnail + local crops, their map average-pooled per n_h x n_w cell, no DEM);
             "global" (thumbnail + global crops, likewise: the mean of the global crops per position).
-        thumbnail_merge: how the thumbnail features meet the DEM output: "mean" (official, (t + d) / 2)
-            or "sum" (the paper's element-wise addition).
+        thumbnail_merge: how the thumbnail features meet the DEM output: "mean" (official, (t + d) / 2),
+            "sum" (the paper's element-wise addition) or "concat" (ours: [t, d] along the channels, so
+            the projector's input is 2 x the tower width and sees the two apart; the token count is
+            unchanged). Measured on INF-LLaVA-mini, averaging or adding the thumbnail's feature is where
+            a small object's identity (a digit) stops being linearly readable; concatenation keeps it.
+            With views="thumbnail" there is nothing to merge and the projector's input is the tower width.
         projector_type: "linear" or "mlp{N}x_gelu" (official "mlp2x_gelu").
         projector_input_norm: standardise the projector's input per channel with fixed statistics of
             the training images' visual features (fitted once, before the first training step, and
@@ -109,7 +113,7 @@ class InfLlavaConfig(PreTrainedConfig):
     dem_share_attention: bool = True
     dem_downsample: Literal["bilinear", "avgpool", "maxpool", "unshuffle", "mlpavg"] = "bilinear"
     views: Literal["full", "thumbnail", "local", "global"] = "full"
-    thumbnail_merge: Literal["mean", "sum"] = "mean"
+    thumbnail_merge: Literal["mean", "sum", "concat"] = "mean"
     projector_type: str = "mlp2x_gelu"
     projector_input_norm: bool = False
     image_token_id: int = 128257
@@ -135,8 +139,8 @@ class InfLlavaConfig(PreTrainedConfig):
             raise ValueError(f"dem_downsample must be one of {', '.join(DEM_DOWNSAMPLE)}, got {self.dem_downsample!r}")
         if self.views not in ("full", "thumbnail", "local", "global"):
             raise ValueError(f"views must be 'full', 'thumbnail', 'local' or 'global', got {self.views!r}")
-        if self.thumbnail_merge not in ("mean", "sum"):
-            raise ValueError(f"thumbnail_merge must be 'mean' or 'sum', got {self.thumbnail_merge!r}")
+        if self.thumbnail_merge not in ("mean", "sum", "concat"):
+            raise ValueError(f"thumbnail_merge must be 'mean', 'sum' or 'concat', got {self.thumbnail_merge!r}")
         if self.template not in ("llama3", "plain", "chat_template"):
             raise ValueError(f"template must be 'llama3', 'plain' or 'chat_template', got {self.template!r}")
         if self.vision_chunk_size < 1:
@@ -176,6 +180,13 @@ class InfLlavaConfig(PreTrainedConfig):
         """(h, w) of the tower's patch grid for one crop."""
         side = self.tower_image_size // int(self.vision_config.patch_size)
         return side, side
+
+    @property
+    def projector_input_size(self) -> int:
+        """Width of the merged visual features the projector reads: the tower width, twice it when
+        thumbnail_merge="concat" puts the thumbnail's and the DEM's features side by side."""
+        d = int(self.vision_config.hidden_size)
+        return 2 * d if self.thumbnail_merge == "concat" and self.views != "thumbnail" else d
 
     @property
     def num_image_tokens(self) -> int:

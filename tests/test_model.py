@@ -168,6 +168,33 @@ def test_unshared_attention_and_sum_merge_are_selectable():
     assert out.shape == (1, cfg.num_image_tokens, cfg.text_config.hidden_size)
 
 
+def test_concat_merge_keeps_thumbnail_and_dem_apart():
+    """thumbnail_merge="concat": [thumbnail, DEM output] along the channels, the projector reading 2d;
+    its halves are the thumbnail view's features and 2 x mean-merge - thumbnail (same DEM weights)."""
+    torch.manual_seed(0)
+    cat_cfg = tiny_config(thumbnail_merge="concat")
+    d = cat_cfg.vision_config.hidden_size
+    assert cat_cfg.projector_input_size == 2 * d
+    cat_model = InfLlavaForConditionalGeneration(cat_cfg).eval()
+    assert cat_model.projector.layers[0].in_features == 2 * d
+    mean_model = InfLlavaForConditionalGeneration(tiny_config()).eval()
+    thumb_model = InfLlavaForConditionalGeneration(tiny_config(thumbnail_merge="concat", views="thumbnail")).eval()
+    assert thumb_model.projector.layers[0].in_features == d  # nothing to concatenate
+    shared = {k: v for k, v in cat_model.state_dict().items() if not k.startswith("projector.")}
+    for m in (mean_model, thumb_model):
+        m.load_state_dict(shared, strict=False)
+    x = torch.randn(2, 3, *cat_cfg.input_size)
+    with torch.no_grad():
+        both, mean, thumb = cat_model.encode_images(x), mean_model.encode_images(x), thumb_model.encode_images(x)
+        tokens = cat_model.get_image_features(x)
+    assert both.shape == (2, cat_cfg.num_image_tokens, 2 * d)
+    torch.testing.assert_close(both[..., :d], thumb)
+    torch.testing.assert_close(both[..., d:], 2 * mean - thumb)
+    assert tokens.shape == (2, cat_cfg.num_image_tokens, cat_cfg.text_config.hidden_size)
+    with pytest.raises(ValueError, match="thumbnail_merge must be"):
+        tiny_config(thumbnail_merge="max")
+
+
 def test_siglip_tower_without_cls():
     vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, image_size=28, patch_size=7)

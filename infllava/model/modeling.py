@@ -66,7 +66,7 @@ class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin)
         )
         self.dem = DualPerspectiveEnhancement(config)
         self.projector = Projector(
-            config.projector_type, config.vision_config.hidden_size, config.text_config.hidden_size,
+            config.projector_type, config.projector_input_size, config.text_config.hidden_size,
             input_norm=config.projector_input_norm,
         )
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
@@ -90,7 +90,7 @@ class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin)
 
     # ---- vision path ----
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> merged visual features before the projector, (B, T, d)."""
+        """(B, 3, H, W) -> merged visual features before the projector, (B, T, config.projector_input_size)."""
         crops = self.image_crops(pixel_values)  # (B, N, 3, S, S)
         feats = self.vision_tower(crops.flatten(0, 1))  # (B*N, T, d)
         return self.merge_crop_features(feats.view(crops.shape[0], crops.shape[1], *feats.shape[1:]),
@@ -137,7 +137,8 @@ class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin)
         return torch.cat(crops, 1)
 
     def merge_crop_features(self, feats: torch.Tensor, thumb_is_crop: bool = True) -> torch.Tensor:
-        """The tower's outputs for `image_crops` (B, N, T, d) -> merged visual features (B, T, d):
+        """The tower's outputs for `image_crops` (B, N, T, d) -> merged visual features (B, T, d), or
+        (B, T, 2d) with thumbnail_merge="concat":
         DEM over the local and global maps (+ the thumbnail), or the single view of an ablation."""
         cfg = self.config
         grid = tuple(cfg.grid)
@@ -163,6 +164,8 @@ class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin)
         high = high.flatten(1, 2)
         if cfg.thumbnail_merge == "mean":
             return torch.stack([thumb, high], -1).mean(-1)
+        if cfg.thumbnail_merge == "concat":
+            return torch.cat([thumb, high], -1)  # (B, T, 2d)
         return thumb + high
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ class ModelConfig:
     dem_share_attention: bool = True
     dem_downsample: Literal["bilinear", "avgpool", "maxpool", "unshuffle", "mlpavg"] = "bilinear"
     views: Literal["full", "thumbnail", "local", "global"] = "full"  # ablations (see InfLlavaConfig)
-    thumbnail_merge: Literal["mean", "sum"] = "mean"  # thumbnail features + DEM output (see InfLlavaConfig)
+    thumbnail_merge: Literal["mean", "sum", "concat"] = "mean"  # thumbnail features + DEM output (see InfLlavaConfig)
     template: Literal["llama3", "plain", "chat_template"] | None = None  # default: stage's (plain / model's)
 
 
