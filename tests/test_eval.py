@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from infllava.cli import main as cli_main
 from infllava.evaluation.hrvqa import write_split
@@ -72,3 +73,29 @@ def test_eval_with_a_feature_cache_gives_the_same_predictions(tmp_path):
     preds = [json.loads((tmp_path / f"{n}.json").read_text())["predictions"] for n in "abc"]
     assert preds[0] == preds[1] == preds[2]
     assert plain["accuracy"] == cached["accuracy"] == again["accuracy"]
+
+
+def test_mini_table_prints_rows_and_differences(tmp_path):
+    """benchmarks/mini_table.py turns `infllava eval --out` files into the README's rows; a file that is
+    not a score file is an error naming it."""
+    import subprocess
+    import sys
+
+    def scores(acc):
+        sub = {s: {"accuracy": acc} for s in ("color", "shape", "digit", "count", "relation", "higher", "largest")}
+        return {"scores": {"accuracy": acc, "total": 10, "by_kind": {"detail": {"accuracy": acc},
+                                                                     "global": {"accuracy": acc / 2}},
+                           "by_subtype": sub}}
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "s.json").write_text(json.dumps(scores(0.5)))
+    (tmp_path / "b" / "s.json").write_text(json.dumps(scores(0.25)))
+    script = Path(__file__).parents[1] / "benchmarks" / "mini_table.py"
+    out = subprocess.run([sys.executable, str(script), "--diff", f"full={tmp_path / 'a' / 's.json'}",
+                          str(tmp_path / "b" / "s.json")], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert lines[2] == "| full | 50.0 | 50.0 | 25.0 | " + " | ".join(["50.0"] * 7) + " |"
+    assert lines[3].startswith("| b | 25.0 | 25.0 | 12.5 |")
+    assert lines[4] == "| full - b | +25.0 | +25.0 | +12.5 | " + " | ".join(["+25.0"] * 7) + " |"
+    (tmp_path / "bad.json").write_text(json.dumps({"scores": {"accuracy": 0.1}}))
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "bad.json")], capture_output=True, text=True)
+    assert bad.returncode != 0 and "bad.json" in bad.stderr and "by_kind" in bad.stderr
