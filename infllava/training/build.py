@@ -121,6 +121,8 @@ def _build_from_parts(m):
 
 # Model choices that hold no weights (model.* keys, named as in the saved config): an adapter trained under
 # one value loads under another with every shape matching, and would silently compute something else.
+# (thumbnail_merge "concat" and dem_downsample "unshuffle" / "mlpavg" do change shapes; checking them here
+# too names the override to set instead of a shape mismatch.)
 _WEIGHT_FREE_CHOICES = ("dem_downsample", "views", "grid", "vision_feature_layer", "thumbnail_merge")
 
 
