@@ -38,11 +38,12 @@ def load(spec: str) -> tuple[str, dict[str, float], int]:
         data = json.loads(p.read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"mini_table: cannot read {p}: {e}")
+    scores = data.get("scores", data)
     try:
-        values = row_values(data.get("scores", data))
+        values = row_values(scores)
     except ValueError as e:
         raise SystemExit(f"mini_table: {p}: {e}")
-    return label or p.parent.name, values, int(data.get("scores", data).get("total", 0))
+    return label or p.parent.name, values, int(scores.get("total", 0))
 
 
 def markdown(rows: list[tuple[str, dict[str, float]]], signed: bool = False) -> str:

@@ -34,6 +34,7 @@ CLIP_VIT_L_14_336 = dict(
 )
 
 DEM_DOWNSAMPLE = ("bilinear", "avgpool", "maxpool", "unshuffle", "mlpavg")  # InfLlavaConfig.dem_downsample choices
+THUMBNAIL_MERGE = ("mean", "sum", "concat")  # InfLlavaConfig.thumbnail_merge choices
 
 # OpenAI CLIP normalisation (also the pad colour of expand2square, x 255).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -139,8 +140,8 @@ class InfLlavaConfig(PreTrainedConfig):
             raise ValueError(f"dem_downsample must be one of {', '.join(DEM_DOWNSAMPLE)}, got {self.dem_downsample!r}")
         if self.views not in ("full", "thumbnail", "local", "global"):
             raise ValueError(f"views must be 'full', 'thumbnail', 'local' or 'global', got {self.views!r}")
-        if self.thumbnail_merge not in ("mean", "sum", "concat"):
-            raise ValueError(f"thumbnail_merge must be 'mean', 'sum' or 'concat', got {self.thumbnail_merge!r}")
+        if self.thumbnail_merge not in THUMBNAIL_MERGE:
+            raise ValueError(f"thumbnail_merge must be one of {', '.join(THUMBNAIL_MERGE)}, got {self.thumbnail_merge!r}")
         if self.template not in ("llama3", "plain", "chat_template"):
             raise ValueError(f"template must be 'llama3', 'plain' or 'chat_template', got {self.template!r}")
         if self.vision_chunk_size < 1:

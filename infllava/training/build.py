@@ -119,11 +119,11 @@ def _build_from_parts(m):
     return model, InfLlavaProcessor.from_config(config, tokenizer)
 
 
-# Model choices that hold no weights (model.* keys, named as in the saved config): an adapter trained under
-# one value loads under another with every shape matching, and would silently compute something else.
-# (thumbnail_merge "concat" and dem_downsample "unshuffle" / "mlpavg" do change shapes; checking them here
-# too names the override to set instead of a shape mismatch.)
-_WEIGHT_FREE_CHOICES = ("dem_downsample", "views", "grid", "vision_feature_layer", "thumbnail_merge")
+# Model choices an adapter must be loaded under (model.* keys, named as in the saved config). Most hold no
+# weights: under another value every shape matches and the model silently computes something else; those
+# that change shapes (dem_downsample unshuffle / mlpavg, thumbnail_merge concat) get the same message
+# naming the override instead of a shape mismatch.
+_ADAPTER_CHOICES = ("dem_downsample", "views", "grid", "vision_feature_layer", "thumbnail_merge")
 
 
 def _check_adapter_config(model: InfLlavaForConditionalGeneration, directory: Path) -> None:
@@ -136,7 +136,7 @@ def _check_adapter_config(model: InfLlavaForConditionalGeneration, directory: Pa
         saved = json.loads(cfg_file.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"model.adapter: {cfg_file} is not readable JSON ({e})") from e
-    for key in _WEIGHT_FREE_CHOICES:
+    for key in _ADAPTER_CHOICES:
         if key not in saved:
             continue
         want, have = saved[key], getattr(model.config, key, None)
