@@ -1,4 +1,4 @@
-"""Where along a trained INF-LLaVA-mini's vision path does the digit stop being readable?
+"""Where along a trained INF-LLaVA-mini's vision path does the digit (or the small shape's colour / shape) stop being readable?
 
 The raw local-crop cell of EfficientNet-Lite0 holds the HR-VQA digit (benchmarks/mini_probe.py), yet the
 align stage memorises the train digits instead of reading them (README, "INF-LLaVA-mini"). This fits the
@@ -11,7 +11,9 @@ images, scored on test images) at each step of a model's path, at the position o
   merged      the visual feature after the thumbnail is merged in, before the projector (d)
   token       the projector's output, what the LM reads (D)
 
-    python benchmarks/mini_digit_probe.py MODEL_DIR [--train-images 600] [--test-images 340]
+    python benchmarks/mini_digit_probe.py MODEL_DIR [--target digit|color|shape] [--train-images 600] [--test-images 340]
+
+--target color / shape probe the small shape's colour / shape at its centre instead of the digit box's digit.
 
 A probe that fits the train images but not the test images says the representation is specific to the
 images, not the digit.
@@ -38,7 +40,7 @@ from infllava.processing import load_image  # noqa: E402
 DATA = ".cache/hrvqa"
 
 
-def collect(model, proc, split: str, n: int) -> tuple[dict[str, list[torch.Tensor]], list[int]]:
+def collect(model, proc, split: str, n: int, target: str = "digit") -> tuple[dict[str, list[torch.Tensor]], list]:
     cfg = model.config
     gh, gw = cfg.grid
     h, w = cfg.feature_grid
@@ -55,7 +57,7 @@ def collect(model, proc, split: str, n: int) -> tuple[dict[str, list[torch.Tenso
     try:
         for index in range(n):
             scene = make_scene(split, index)
-            box = next(o for o in scene.objects if o.kind == "box")
+            box = next(o for o in scene.objects if o.kind == ("box" if target == "digit" else "small"))
             x, y = box.center
             Y, X = int(y * gh * h // scene.size), int(x * gw * w // scene.size)  # position in the n*h x n*w map
             with torch.no_grad():
@@ -72,7 +74,7 @@ def collect(model, proc, split: str, n: int) -> tuple[dict[str, list[torch.Tenso
             for name, v in out.items():
                 if v is not None:
                     reps.setdefault(name, []).append(v.float())
-            labels.append(box.digit)
+            labels.append(getattr(box, target))
     finally:
         for hk in hooks:
             hk.remove()
@@ -82,6 +84,7 @@ def collect(model, proc, split: str, n: int) -> tuple[dict[str, list[torch.Tenso
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model")
+    p.add_argument("--target", choices=("digit", "color", "shape"), default="digit")
     p.add_argument("--train-images", type=int, default=600)
     p.add_argument("--test-images", type=int, default=340)
     a = p.parse_args()
@@ -89,10 +92,10 @@ def main() -> None:
     model, proc = load(a.model)
     model.eval()
     attach_feature_cache(model, ".cache/features")
-    train, ytr = collect(model, proc, "train", a.train_images)
-    test, yte = collect(model, proc, "test", a.test_images)
+    train, ytr = collect(model, proc, "train", a.train_images, a.target)
+    test, yte = collect(model, proc, "test", a.test_images, a.target)
     majority = Counter(yte).most_common(1)[0][1] / len(yte)
-    print(f"{a.model} (views {model.config.views}): digit probes, fit on {len(ytr)} train images, "
+    print(f"{a.model} (views {model.config.views}): {a.target} probes, fit on {len(ytr)} train images, "
           f"scored on {len(yte)} test images (majority {100 * majority:.1f}%)")
     for name in ("local cell", "fused", "high", "merged", "token"):
         if name in train:

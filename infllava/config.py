@@ -70,6 +70,13 @@ class InfLlavaConfig(PreTrainedConfig):
             shared by every position (`dem.cell_mlp`, last layer zero-initialised: it starts as avgpool).
             Unlike unshuffle's per-position weights, what it learns to read in one position (a digit)
             it reads in all n_h*n_w, from n_h*n_w times as many examples.
+        dem_local_residual (ours; off in the official model): the DEM's map before the downsampling is the
+            local map plus a learned per-channel gate times the fused enhancement, L + g * fused, with g
+            zero at initialisation (`dem.local_gate`, as ReZero / LayerScale). The full model then starts
+            as exactly the local-only view (avgpool, or unshuffle / mlpavg at their avgpool init) and the
+            training opens the gate as far as the second perspective helps; the fusion can no longer
+            overwrite what the local crop alone reads (INF-LLaVA-mini measured the official fusion losing
+            the small dot's colour and the digit that the local view keeps).
         views: which views feed the visual tokens (ablations; the token count is the same for all):
             "full" (DCM + DEM, as released); "thumbnail" (the low-resolution view only, LLaVA-1.5-like);
             "local" (thumbnail + local crops, their map average-pooled per n_h x n_w cell, no DEM);
@@ -113,6 +120,7 @@ class InfLlavaConfig(PreTrainedConfig):
     dem_ffn_ratio: int = 16
     dem_share_attention: bool = True
     dem_downsample: Literal["bilinear", "avgpool", "maxpool", "unshuffle", "mlpavg"] = "bilinear"
+    dem_local_residual: bool = False
     views: Literal["full", "thumbnail", "local", "global"] = "full"
     thumbnail_merge: Literal["mean", "sum", "concat"] = "mean"
     projector_type: str = "mlp2x_gelu"

@@ -195,6 +195,28 @@ def test_concat_merge_keeps_thumbnail_and_dem_apart():
         tiny_config(thumbnail_merge="max")
 
 
+@pytest.mark.parametrize("downsample", ["avgpool", "unshuffle"])
+def test_local_residual_starts_as_local_view_and_learns_the_gate(downsample):
+    """dem_local_residual: at initialisation (gate 0) the full model computes exactly the local-only view;
+    the loss reaches the gate, and an open gate adds the fusion."""
+    torch.manual_seed(0)
+    cfg = tiny_config(dem_downsample=downsample, dem_local_residual=True)
+    full = InfLlavaForConditionalGeneration(cfg).eval()
+    assert torch.count_nonzero(full.dem.local_gate) == 0
+    local = InfLlavaForConditionalGeneration(tiny_config(dem_downsample=downsample, views="local")).eval()
+    local.load_state_dict({k: v for k, v in full.state_dict().items() if k != "dem.local_gate"})
+    x = torch.randn(2, 3, *cfg.input_size)
+    with torch.no_grad():
+        torch.testing.assert_close(full.encode_images(x), local.encode_images(x))
+    full.encode_images(x).square().sum().backward()
+    assert full.dem.local_gate.grad is not None and full.dem.local_gate.grad.abs().sum() > 0
+    with torch.no_grad():
+        full.dem.local_gate.fill_(1.0)
+        assert not torch.allclose(full.encode_images(x), local.encode_images(x))
+    plain = InfLlavaForConditionalGeneration(tiny_config(dem_downsample=downsample))
+    assert plain.dem.local_gate is None and "dem.local_gate" not in plain.state_dict()  # the official layout
+
+
 def test_siglip_tower_without_cls():
     vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, image_size=28, patch_size=7)

@@ -20,6 +20,9 @@ Finally the (n_h*h) x (n_w*w) map returns to h x w:
     initialised to the mean so that it starts as avgpool;
   "mlpavg" (ours): the mean over each cell of x + MLP(x), one MLP shared by all positions (`cell_mlp`,
     its last layer zero-initialised so that it starts as avgpool).
+With `dem_local_residual` (ours) the map before the downsampling is L + g * fused, g a per-channel gate
+initialised to zero (`local_gate`): the module starts as the local view's average and learns how much of
+the two-perspective fusion to add.
 Everything after the attention is per position, so only the positions the downsampling reads are
 computed: the cells' offsets (i, j) in `sample_offsets`, their a-queries, their c-sub-grids, and only
 the global crops at those offsets are needed at all. For the official 3x3 grid: 1 of 9 global crops,
@@ -121,6 +124,7 @@ class DualPerspectiveEnhancement(nn.Module):
             self.cell_mlp[2].zero_init = True  # the model's weight init knows it by this mark
             nn.init.zeros_(self.cell_mlp[2].weight)
             nn.init.zeros_(self.cell_mlp[2].bias)
+        self.local_gate = nn.Parameter(torch.zeros(d)) if config.dem_local_residual else None
         rows, row_w = axis_samples(self.grid[0], config.dem_downsample)
         cols, col_w = axis_samples(self.grid[1], config.dem_downsample)
         # (i, j) offsets of the sampled positions inside each n_h x n_w cell, row-major, and weights
@@ -148,11 +152,13 @@ class DualPerspectiveEnhancement(nn.Module):
 
         # c: queries L on strided sub-grid (i, j) attend to global crop (i, j).
         L = tile_local(local_feats, self.grid)  # (B, gh*h, gw*w, d)
-        queries = torch.stack([L[:, i::gh, j::gw] for i, j in self.sample_offsets], 1)  # (B, O, h, w, d)
-        c = local_attn(queries.reshape(B * O, h * w, d), global_feats.reshape(B * O, h * w, d))
+        local_at = torch.stack([L[:, i::gh, j::gw] for i, j in self.sample_offsets], 1)  # (B, O, h, w, d)
+        c = local_attn(local_at.reshape(B * O, h * w, d), global_feats.reshape(B * O, h * w, d))
         c = c.view(B, O, h, w, d)
 
         fused = self.fuse_norm(torch.cat([self.ffn_local(c), self.ffn_global(a)], -1) + a + c)
+        if self.local_gate is not None:  # the local map itself, plus as much of the fusion as is learned
+            fused = local_at + self.local_gate * fused
         if self.cell_mlp is not None:  # mlpavg: the same MLP at every position, then the mean over the cell
             fused = fused + self.cell_mlp(fused)
         if O == 1:

@@ -45,6 +45,9 @@ class InfLlavaPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Linear) and getattr(module, "zero_init", False):
             module.weight.data.zero_()  # the last layer of the DEM's mlpavg cell MLP: starts as avgpool
             module.bias.data.zero_()
+        elif isinstance(module, DualPerspectiveEnhancement):
+            if module.local_gate is not None:
+                module.local_gate.data.zero_()  # dem_local_residual: starts as the local view
         elif isinstance(module, nn.Linear):
             module.weight.data.normal_(0.0, std)
             if module.bias is not None:

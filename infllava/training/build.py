@@ -64,7 +64,7 @@ def build_model(cfg: RunConfig):
 def _dem_overrides(m) -> dict:
     out = dict(grid=list(m.grid), vision_feature_layer=m.vision_feature_layer, projector_type=m.projector_type,
                dem_share_attention=m.dem_share_attention, dem_downsample=m.dem_downsample, views=m.views,
-               thumbnail_merge=m.thumbnail_merge,
+               dem_local_residual=m.dem_local_residual, thumbnail_merge=m.thumbnail_merge,
                projector_input_norm=m.projector_input_norm)
     if m.dem_num_heads is not None:
         out["dem_num_heads"] = m.dem_num_heads
@@ -121,9 +121,10 @@ def _build_from_parts(m):
 
 # Model choices an adapter must be loaded under (model.* keys, named as in the saved config). Most hold no
 # weights: under another value every shape matches and the model silently computes something else; those
-# that change shapes (dem_downsample unshuffle / mlpavg, thumbnail_merge concat) get the same message
-# naming the override instead of a shape mismatch.
-_ADAPTER_CHOICES = ("dem_downsample", "views", "grid", "vision_feature_layer", "thumbnail_merge")
+# that change shapes (dem_downsample unshuffle / mlpavg, thumbnail_merge concat, dem_local_residual's gate)
+# get the same message naming the override instead of a shape mismatch or a missing weight.
+_ADAPTER_CHOICES = ("dem_downsample", "views", "grid", "vision_feature_layer", "thumbnail_merge",
+                    "dem_local_residual")
 
 
 def _check_adapter_config(model: InfLlavaForConditionalGeneration, directory: Path) -> None:

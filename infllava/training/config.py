@@ -39,6 +39,7 @@ class ModelConfig:
     dem_ffn_ratio: int | None = None  # None: the preset's / InfLlavaConfig's default (16)
     dem_share_attention: bool = True
     dem_downsample: Literal["bilinear", "avgpool", "maxpool", "unshuffle", "mlpavg"] = "bilinear"
+    dem_local_residual: bool = False  # DEM map = local map + zero-initialised gate * fusion (InfLlavaConfig)
     views: Literal["full", "thumbnail", "local", "global"] = "full"  # ablations (see InfLlavaConfig)
     thumbnail_merge: Literal["mean", "sum", "concat"] = "mean"  # thumbnail features + DEM output (see InfLlavaConfig)
     template: Literal["llama3", "plain", "chat_template"] | None = None  # default: stage's (plain / model's)
