@@ -20,9 +20,12 @@ Finally the (n_h*h) x (n_w*w) map returns to h x w:
     initialised to the mean so that it starts as avgpool;
   "mlpavg" (ours): the mean over each cell of x + MLP(x), one MLP shared by all positions (`cell_mlp`,
     its last layer zero-initialised so that it starts as avgpool).
-With `dem_local_residual` (ours) the map before the downsampling is L + g * fused, g a per-channel gate
-initialised to zero (`local_gate`): the module starts as the local view's average and learns how much of
-the two-perspective fusion to add.
+With `dem_local_residual` (ours) the map before the downsampling is L + g * rms(L) * fused, g a per-channel
+gate initialised to zero (`local_gate`), rms(L) the local feature's root mean square over its channels at
+that position (detached): the module starts as the local view's average and learns how much of the
+two-perspective fusion to add, g = 1 adding it at the local features' own magnitude (the fusion is
+LayerNorm-ed; a CNN's features are not: EfficientNet-Lite0 stage 6 has RMS ~5, and a gate the optimiser
+moves by ~lr per step would otherwise stay negligible).
 Everything after the attention is per position, so only the positions the downsampling reads are
 computed: the cells' offsets (i, j) in `sample_offsets`, their a-queries, their c-sub-grids, and only
 the global crops at those offsets are needed at all. For the official 3x3 grid: 1 of 9 global crops,
@@ -157,8 +160,10 @@ class DualPerspectiveEnhancement(nn.Module):
         c = c.view(B, O, h, w, d)
 
         fused = self.fuse_norm(torch.cat([self.ffn_local(c), self.ffn_global(a)], -1) + a + c)
-        if self.local_gate is not None:  # the local map itself, plus as much of the fusion as is learned
-            fused = local_at + self.local_gate * fused
+        if self.local_gate is not None:  # the local map itself, plus as much of the fusion as is learned,
+            # at the local features' own scale (the fusion is LayerNorm-ed, a CNN's features are not)
+            scale = local_at.detach().float().pow(2).mean(-1, keepdim=True).sqrt().to(fused.dtype)
+            fused = local_at + self.local_gate * scale * fused
         if self.cell_mlp is not None:  # mlpavg: the same MLP at every position, then the mean over the cell
             fused = fused + self.cell_mlp(fused)
         if O == 1:
