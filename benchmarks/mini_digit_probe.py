@@ -57,8 +57,8 @@ def collect(model, proc, split: str, n: int, target: str = "digit") -> tuple[dic
     try:
         for index in range(n):
             scene = make_scene(split, index)
-            box = next(o for o in scene.objects if o.kind == ("box" if target == "digit" else "small"))
-            x, y = box.center
+            obj = next(o for o in scene.objects if o.kind == ("box" if target == "digit" else "small"))
+            x, y = obj.center
             Y, X = int(y * gh * h // scene.size), int(x * gw * w // scene.size)  # position in the n*h x n*w map
             with torch.no_grad():
                 model.get_image_features(proc.image_processor([load_image(f"{DATA}/images/{split}/{index:06d}.png")]))
@@ -74,7 +74,7 @@ def collect(model, proc, split: str, n: int, target: str = "digit") -> tuple[dic
             for name, v in out.items():
                 if v is not None:
                     reps.setdefault(name, []).append(v.float())
-            labels.append(getattr(box, target))
+            labels.append(getattr(obj, target))
     finally:
         for hk in hooks:
             hk.remove()

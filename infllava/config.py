@@ -73,9 +73,9 @@ class InfLlavaConfig(PreTrainedConfig):
         dem_local_residual (ours; off in the official model): the DEM's map before the downsampling is the
             local map plus a learned per-channel gate times the fused enhancement, L + g * rms(L) * fused,
             g zero at initialisation (`dem.local_gate`, as ReZero / LayerScale), rms(L) the local feature's
-            magnitude at that position (g = 1: the fusion at the local features' own scale). The full model then starts
-            as exactly the local-only view (avgpool, or unshuffle / mlpavg at their avgpool init) and the
-            training opens the gate as far as the second perspective helps; the fusion can no longer
+            magnitude at that position (g = 1: the fusion at the local features' own scale). The full model
+            then starts as exactly the local-only view (avgpool, or unshuffle / mlpavg at their avgpool
+            init) and the training opens the gate as far as the second perspective helps; the fusion can no longer
             overwrite what the local crop alone reads (INF-LLaVA-mini measured the official fusion losing
             the small dot's colour and the digit that the local view keeps).
         views: which views feed the visual tokens (ablations; the token count is the same for all):

@@ -66,8 +66,8 @@ def test_mini_stage_configs_build_the_same_model():
     """configs/mini: stage 1 loads the align stage's adapter (scripts/train_mini.sh), so both must
     build the same model (tower, stage, DEM downsampling, LM); stage 2 inherits its base's model."""
     align, pre = (load_config(ROOT / "configs" / "mini" / n) for n in ("align.yaml", "pretrain.yaml"))
-    for key in ("vision_tower", "vision_stage", "language_model", "views", "dem_downsample", "dem_local_residual", "grid", "thumbnail_merge",
-                "projector_type", "projector_input_norm"):
+    for key in ("vision_tower", "vision_stage", "language_model", "views", "dem_downsample", "dem_local_residual",
+                "grid", "thumbnail_merge", "projector_type", "projector_input_norm"):
         assert getattr(align.model, key) == getattr(pre.model, key), key
     assert load_config(ROOT / "configs" / "mini" / "finetune.yaml").model.base
 
