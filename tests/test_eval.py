@@ -76,7 +76,7 @@ def test_eval_with_a_feature_cache_gives_the_same_predictions(tmp_path):
 
 
 def test_mini_table_prints_rows_and_differences(tmp_path):
-    """benchmarks/mini_table.py turns `infllava eval --out` files into the README's rows; a file that is
+    """experiments/mini_table.py turns `infllava eval --out` files into the README's rows; a file that is
     not a score file is an error naming it."""
     import subprocess
     import sys
@@ -89,7 +89,7 @@ def test_mini_table_prints_rows_and_differences(tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     (tmp_path / "a" / "s.json").write_text(json.dumps(scores(0.5)))
     (tmp_path / "b" / "s.json").write_text(json.dumps(scores(0.25)))
-    script = Path(__file__).parents[1] / "benchmarks" / "mini_table.py"
+    script = Path(__file__).parents[1] / "experiments" / "mini_table.py"
     out = subprocess.run([sys.executable, str(script), "--diff", f"full={tmp_path / 'a' / 's.json'}",
                           str(tmp_path / "b" / "s.json")], capture_output=True, text=True, check=True).stdout
     lines = out.splitlines()

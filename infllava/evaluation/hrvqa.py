@@ -17,7 +17,7 @@ kinds of question about synthetic scenes so that each perspective is needed:
   their tile is recorded in the question metadata (``tile`` = [row, col], ``local_crop`` index).
   Version 1 (``HRVQA_VERSION`` 1) had 2-3 small shapes and asked "What color is the small square?",
   which needs the LM to bind a shape to a colour among several blobs: SmolLM2-135M trained on 1000
-  such questions stayed at chance even with full-resolution tokens (README, "HR-VQA v2"), so the
+  such questions stayed at chance even with full-resolution tokens (docs/inf-llava-mini.md, "HR-VQA v1"), so the
   benchmark measured the LM's binding, not what the image views show.
 * **global** (subtypes ``count``, ``relation``, ``higher``, ``largest``): need the whole scene.
   "How many large circles are there?" (1-6 of them spread over the image), "Is the red square to
@@ -664,7 +664,7 @@ def iter_questions(records: Iterable[Mapping[str, Any]] | str | os.PathLike
 def write_subtype(src: str | os.PathLike, subtypes: str | Iterable[str], out: str | os.PathLike) -> int:
     """Write the questions of `subtypes` from a split file (either layout) as single-turn records, each
     with the image placeholder, to `out`; returns how many. The data of a curriculum stage (the
-    subtypes learned so far, scripts/train_mini.sh S2_CURRICULUM) and of benchmarks/mini_one_subtype.py."""
+    subtypes learned so far, scripts/train_mini.sh S2_CURRICULUM) and of experiments/mini_one_subtype.py."""
     wanted = {subtypes} if isinstance(subtypes, str) else set(subtypes)
     unknown = wanted - set(DETAIL_SUBTYPES + GLOBAL_SUBTYPES)
     if unknown:

@@ -2,7 +2,7 @@
 subtype, and never look at the image. A model that does not use the image lands here (or, for
 "higher", at ~50% by naming one of the two colours in the question).
 
-    python benchmarks/hrvqa_prior.py [--data .cache/hrvqa]
+    python experiments/hrvqa_prior.py [--data .cache/hrvqa]
 """
 
 from __future__ import annotations

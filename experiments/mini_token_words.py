@@ -7,7 +7,7 @@ input embeddings of the phrases the align stage targets: "digit 0" ... "digit 9"
 shape. Prints how often the nearest phrase is the right one (chance: 10% digits, 14% colours, 33%
 shapes).
 
-    python benchmarks/mini_token_words.py MODEL_DIR [--split test] [--images 100]
+    python experiments/mini_token_words.py MODEL_DIR [--split test] [--images 100]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Does a trained model use the image? Loss on held-out records with their own image vs with another
 record's image (the batch's visual tokens rolled by one). Equal losses: the answers ignore the image.
 
-    python benchmarks/mini_image_use.py MODEL_DIR RECORDS.jsonl N [TEMPLATE]
+    python experiments/mini_image_use.py MODEL_DIR RECORDS.jsonl N [TEMPLATE]
 (the last N records, images in .cache/hrvqa). TEMPLATE: the prompt format the records were trained
 with; a stage-1 output is saved with its chat template, so pass `plain` for its captions.
 """

@@ -1,7 +1,7 @@
 """Stage-1 learning curve (thumbnail view, frozen LM, projector only): held-out caption loss with each
 record's own image vs another record's image, every K steps of fresh 8-image batches.
 
-    python benchmarks/mini_stage1_curve.py STAGE1_MODEL_DIR LR STEPS K
+    python experiments/mini_stage1_curve.py STAGE1_MODEL_DIR LR STEPS K
 """
 import random
 import sys

@@ -1,6 +1,6 @@
 """Where along a trained INF-LLaVA-mini's vision path does the digit (or the small shape's colour / shape) stop being readable?
 
-The raw local-crop cell of EfficientNet-Lite0 holds the HR-VQA digit (benchmarks/mini_probe.py), yet the
+The raw local-crop cell of EfficientNet-Lite0 holds the HR-VQA digit (experiments/mini_probe.py), yet the
 align stage memorises the train digits instead of reading them (README, "INF-LLaVA-mini"). This fits the
 same linear probe (mini_probe.probe: logistic regression on standardised features, fitted on train
 images, scored on test images) at each step of a model's path, at the position of the digit box's centre:
@@ -11,7 +11,7 @@ images, scored on test images) at each step of a model's path, at the position o
   merged      the visual feature after the thumbnail is merged in, before the projector (d)
   token       the projector's output, what the LM reads (D)
 
-    python benchmarks/mini_digit_probe.py MODEL_DIR [--target digit|color|shape] [--train-images 600] [--test-images 340]
+    python experiments/mini_digit_probe.py MODEL_DIR [--target digit|color|shape] [--train-images 600] [--test-images 340]
 
 --target color / shape probe the small shape's colour / shape at its centre instead of the digit box's digit.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mini_probe import probe  # noqa: E402  (benchmarks/ is not a package)
+from mini_probe import probe  # noqa: E402  (experiments/ is not a package)
 
 from infllava.evaluation.hrvqa import make_scene  # noqa: E402
 from infllava.inference import load  # noqa: E402

@@ -5,7 +5,7 @@ question's subtype right after the assistant turn starts; the highest is its ans
 whose LM was never trained on the questions (an align stage's output): generation would answer in
 sentences, ranking does not need the answer format.
 
-    python benchmarks/mini_align.py MODEL_DIR [--questions 300]
+    python experiments/mini_align.py MODEL_DIR [--questions 300]
 """
 
 from __future__ import annotations

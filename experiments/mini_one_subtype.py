@@ -1,6 +1,6 @@
 """Can the LM learn to read one kind of question? Stage 2 on the questions of a single HR-VQA subtype.
 
-    python benchmarks/mini_one_subtype.py BASE SUBTYPE[,SUBTYPE...] OUT [--data .cache/hrvqa] [--steps 96] [KEY=VALUE ...]
+    python experiments/mini_one_subtype.py BASE SUBTYPE[,SUBTYPE...] OUT [--data .cache/hrvqa] [--steps 96] [KEY=VALUE ...]
 
 BASE: a model after the align stage (or stage 1), e.g. runs/mini-full/stage0/final. Writes
 OUT/train.jsonl (one single-turn record per train question of SUBTYPE, from the multi-turn

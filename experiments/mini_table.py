@@ -1,7 +1,7 @@
 """The README's HR-VQA table from `infllava eval` score files, one Markdown row per file.
 
-    python benchmarks/mini_table.py runs/mini-full/test_scores.json runs/mini-thumbnail/test_scores.json ...
-    python benchmarks/mini_table.py --diff runs/mini-full/test_scores.json runs/mini-thumbnail/test_scores.json
+    python experiments/mini_table.py runs/mini-full/test_scores.json runs/mini-thumbnail/test_scores.json ...
+    python experiments/mini_table.py --diff runs/mini-full/test_scores.json runs/mini-thumbnail/test_scores.json
 
 Columns: overall, detail, global, then the subtypes (accuracy in %, one decimal). A row's label is the
 file's parent directory unless given as LABEL=PATH. --diff adds the first file minus each other one.

@@ -10,7 +10,7 @@ train images, and scored on test images:
   LLaVA-1.5-like model sees);
 * largest (global): the colour of the largest shape, from the thumbnail cell at its centre.
 
-    python benchmarks/mini_probe.py [--train-images 900] [--test-images 340] [--stages 6 8]
+    python experiments/mini_probe.py [--train-images 900] [--test-images 340] [--stages 6 8]
 
 Prints the accuracy of each probe and the majority-class rate of its test answers.
 """
