@@ -1,7 +1,7 @@
 """Where along a trained INF-LLaVA-mini's vision path does the digit (or the small shape's colour / shape) stop being readable?
 
 The raw local-crop cell of EfficientNet-Lite0 holds the HR-VQA digit (experiments/mini_probe.py), yet the
-align stage memorises the train digits instead of reading them (README, "INF-LLaVA-mini"). This fits the
+align stage memorises the train digits instead of reading them (docs/inf-llava-mini.md). This fits the
 same linear probe (mini_probe.probe: logistic regression on standardised features, fitted on train
 images, scored on test images) at each step of a model's path, at the position of the digit box's centre:
 

@@ -8,7 +8,7 @@ DATA/train.jsonl) and OUT/test.jsonl (the test questions of SUBTYPE), runs stage
 configs/mini/finetune.yaml for --steps steps of 8 questions, exports the parts and scores them with
 `infllava eval`. Trailing KEY=VALUE arguments override the stage-2 config (e.g. train.lr=2e-3
 train.freeze_mm=true). Used to tell "the LM cannot learn this question at this budget" from "the mixture of
-question types is the problem" (README, "HR-VQA v2").
+question types is the problem" (docs/inf-llava-mini.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The README's HR-VQA table from `infllava eval` score files, one Markdown row per file.
+"""HR-VQA table rows (README, docs/inf-llava-mini.md) from `infllava eval` score files, one Markdown row per file.
 
     python experiments/mini_table.py runs/mini-full/test_scores.json runs/mini-thumbnail/test_scores.json ...
     python experiments/mini_table.py --diff runs/mini-full/test_scores.json runs/mini-thumbnail/test_scores.json

@@ -1,8 +1,8 @@
 """`make demo`: the shipped INF-LLaVA-mini answers questions about a shipped high-resolution image.
 
 INF-LLaVA-mini is EfficientNet-Lite0 + SmolLM2-135M-Instruct (both pip packages, installed by
-`make`) with the DEM, projector and LoRA weights trained here on the HR-VQA benchmark (README:
-"INF-LLaVA-mini"); those small parts ship in `infllava/assets/inf-llava-mini`. The example image is
+`make`) with the DEM, projector and LoRA weights trained here on the HR-VQA benchmark
+(docs/inf-llava-mini.md); those small parts ship in `infllava/assets/inf-llava-mini`. The example image is
 from the benchmark's test split (never used in training); its questions and their true answers sit
 next to it in examples/hrvqa-example.json. The answers stream token by token; a picture of the
 model's input, local crops, global crops and thumbnail is written to .cache/demo-crops.png.

@@ -11,7 +11,7 @@
 #   S2_CURRICULUM (default "shape color"; "" = off): question subtypes added one at a time before the
 #     mixed stage 2: a LoRA stage 2 per entry, S2_CURRICULUM_STEPS (default 96) steps of 8 single-turn
 #     questions of that subtype and the ones before it (stage2-shape/: shape; stage2-color/: shape +
-#     colour; a type trained alone after another makes the LM forget the first, README), each from the
+#     colour; a type trained alone after another makes the LM forget the first, docs/inf-llava-mini.md), each from the
 #     previous output; stage 2 starts from the last; the parts hold all their LoRA deltas (combine_lora);
 #   S2_MORE_STEPS (default 0): continue stage 2 from its output for this many more steps (seed 1,
 #     a fresh warmup + cosine schedule) into stage2b/, exported to parts-b/ (its lora.safetensors holds
@@ -20,7 +20,7 @@
 #   MODEL_ARGS: extra model overrides for the stages built from a config (align, stage 1; stage 2
 #     inherits its base's model), e.g. "model.vision_stage=8 model.dem_downsample=maxpool"
 #     (space-separated key=value). An adapter loaded under other weight-free choices is an error.
-# The defaults reproduce the shipped model (HR-VQA v2, README "INF-LLaVA-mini").
+# The defaults reproduce the shipped model (HR-VQA v2, docs/inf-llava-mini.md).
 # Data knobs (the CI smoke test shrinks them): DATA (default .cache/hrvqa), TRAIN_IMAGES (1200),
 # TEST_IMAGES (340 images = 1035 questions), RUNS (default runs). Outputs: $RUNS/mini-VIEWS/.
 # FEATURE_CACHE (default .cache/features; "" = off): the frozen tower's outputs per crop, shared by the
