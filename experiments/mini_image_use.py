@@ -10,8 +10,8 @@ import sys
 import torch
 from _mini import batch, dataset, lm_loss
 
+from infllava.data.records import load_records
 from infllava.inference import load
-from infllava.training.data import load_records
 
 torch.set_num_threads(1)
 model_dir, data, n = sys.argv[1], sys.argv[2], int(sys.argv[3])

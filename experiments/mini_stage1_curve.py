@@ -10,8 +10,8 @@ import time
 import torch
 from _mini import IMAGES, batch, dataset, lm_loss
 
+from infllava.data.records import load_records
 from infllava.inference import load
-from infllava.training.data import load_records
 
 torch.set_num_threads(1)
 torch.manual_seed(0)

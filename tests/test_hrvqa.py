@@ -215,8 +215,7 @@ def test_write_split_llava_format(tmp_path):
         assert rec["kind"] == q["kind"] and rec["subtype"] == q["subtype"]
     assert len({r["id"] for r in records}) == len(records)
     # the project's own reader and label code accept the records
-    from infllava.training.data import load_records
-    from infllava.training.labels import to_messages
+    from infllava.data.records import load_records, to_messages
 
     loaded, problems = load_records(path)
     assert problems == [] and len(loaded) == len(records)

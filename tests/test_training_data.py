@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from infllava.data.records import SampleError, load_records, to_messages
 from infllava.processing import (
     IMAGE_PLACEHOLDER,
     InfLlavaImageProcessor,
@@ -22,14 +23,11 @@ from infllava.training.data import (
     check_dataset,
     collate,
     grouped_order,
-    load_records,
 )
 from infllava.training.labels import (
     IGNORE_INDEX,
-    SampleError,
     encode_conversation,
     encode_record,
-    to_messages,
     tokenize_with_offsets,
 )
 

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..data.records import load_records, record_image_paths, resolve_image_path, to_messages
 from ..processing import load_image
-from ..training.data import load_records, resolve_image_path
-from ..training.labels import to_messages
 
 
 def predict(model, processor, records, image_root, batch_size: int = 8, max_new_tokens: int = 8,
@@ -37,8 +36,7 @@ def predict(model, processor, records, image_root, batch_size: int = 8, max_new_
         prompts, paths = [], []
         for r in chunk:
             messages = to_messages(r)
-            images = r.get("image")
-            images = [images] if isinstance(images, str) else list(images or [])
+            images = record_image_paths(r)
             prompts.append(processor.chat_prompt(messages[:1], num_images=len(images)))
             paths += [resolve_image_path(p, image_root) for p in images]
         new = [p for p in dict.fromkeys(paths) if p not in cache]

@@ -42,10 +42,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..data.records import load_records, resolve_image_path
 from ..processing import ImageLoadError, load_image
 from .build import apply_stage, build_model, fit_projector_input_norm
 from .config import ConfigError, RunConfig
-from .data import load_records, resolve_image_path
 
 
 def region_problem(regions: Any) -> str | None:

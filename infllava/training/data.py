@@ -1,8 +1,8 @@
-"""Training data: record files, a lazy supervised dataset, collation, modality/length grouping, and
+"""Training data: a lazy supervised dataset, collation, modality/length grouping, and
 a data check (`infllava data check DATA --images DIR`).
 
-* `load_records`: a JSON list or JSONL (detected from the content), with per-line / per-record
-  problems reported instead of crashing on the first bad line.
+* Records are read and checked by the data layer (`infllava.data.records`: `load_records`,
+  `resolve_image_path`, `to_messages`, shared with evaluation).
 * `SupervisedDataset`: lazy; each item loads its images and encodes its text when asked for. A bad
   sample (missing / unreadable image, `SampleError`) comes back as `{"id", "skip": "<kind>: ..."}`
   so that one broken file does not end a long run; `collate` drops such items and reports them.
@@ -13,24 +13,21 @@ a data check (`infllava data check DATA --images DIR`).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..data.records import SampleError, record_image_paths, resolve_image_path, scan_records
 from ..processing import InfLlavaImageProcessor, ImageLoadError, load_image
-from .labels import IGNORE_INDEX, SampleError, encode_record, record_image_paths
+from .labels import IGNORE_INDEX, encode_record
 
 __all__ = [
     "PROBLEM_KINDS",
-    "load_records",
-    "resolve_image_path",
     "SupervisedDataset",
     "collate",
     "grouped_order",
@@ -50,126 +47,6 @@ PROBLEM_KINDS = (
     "truncated",
     "empty",
 )
-
-
-# --------------------------------------------------------------------------------------------
-# Files
-# --------------------------------------------------------------------------------------------
-
-
-def _record_problem(record: Any, index: int) -> str | None:
-    """Why `record` is not a usable record (None if it is one)."""
-    if not isinstance(record, dict):
-        return f"record {index} is not a JSON object ({type(record).__name__})"
-    if not isinstance(record.get("conversations"), list):
-        rid = record.get("id", index)
-        return f"record {rid!r} has no 'conversations' list"
-    return None
-
-
-def _load(path: str | os.PathLike) -> tuple[list[dict], list[tuple[str, str, str]]]:
-    """Records and (kind, where, message) problems; kind is "malformed" or "bad_record"."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc})") from exc
-    stripped = text.lstrip()
-    if not stripped:
-        return [], []
-
-    entries: list[tuple[str, Any]] = []  # (where, parsed object)
-    problems: list[tuple[str, str, str]] = []
-    whole: Any = None
-    whole_error: json.JSONDecodeError | None = None
-    try:
-        whole = json.loads(text)
-    except json.JSONDecodeError as exc:
-        whole_error = exc
-
-    if whole_error is None and isinstance(whole, list):
-        entries = [(f"record {i}", obj) for i, obj in enumerate(whole)]
-    elif whole_error is None and isinstance(whole, dict):
-        entries = [("record 0", whole)]  # a one-line JSONL, or a single pretty-printed record
-    elif whole_error is None:
-        raise ValueError(f"{path}: expected a JSON list of records or JSONL, got a JSON {type(whole).__name__}")
-    else:
-        # Not one JSON document. A list that does not parse is a broken .json file; otherwise read it
-        # as JSONL, unless nothing in it looks like a JSONL line.
-        # split on "\n" only: str.splitlines would also split on U+2028 etc., which JSON strings
-        # written with ensure_ascii=False may hold raw
-        lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
-        head = [ln for ln in lines[:200] if ln.strip()][:20]
-        looks_jsonl = stripped[0] != "[" and any(_parses_as_object(ln) for ln in head)
-        if not looks_jsonl:
-            raise ValueError(
-                f"{path}: not valid JSON (line {whole_error.lineno}, column {whole_error.colno}: "
-                f"{whole_error.msg}) and not JSONL"
-            )
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"line {lineno}"
-            try:
-                entries.append((where, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                entries.append((where, _Malformed(f"{where}: invalid JSON ({exc.msg}, column {exc.colno})")))
-
-    records: list[dict] = []
-    for index, (where, obj) in enumerate(entries):
-        if isinstance(obj, _Malformed):
-            problems.append(("malformed", where, obj.message))
-            continue
-        why = _record_problem(obj, index)
-        if why is not None:
-            problems.append(("bad_record", _where_id(obj, index, where), f"{where}: {why}"))
-            continue
-        if "id" not in obj or obj["id"] is None:
-            obj["id"] = index
-        records.append(obj)
-    return records, problems
-
-
-class _Malformed:
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-
-def _parses_as_object(line: str) -> bool:
-    try:
-        return isinstance(json.loads(line), dict)
-    except json.JSONDecodeError:
-        return False
-
-
-def _where_id(obj: Any, index: int, where: str) -> Any:
-    """The id under which a bad entry is reported: its own id when it has one, else where it is."""
-    if isinstance(obj, dict) and obj.get("id") is not None:
-        return obj["id"]
-    return where
-
-
-def load_records(path: str | os.PathLike) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Read a data file: a JSON list of records, or JSONL (one record per line).
-
-    The format is detected from the content (a file that parses as one JSON list is a list; else it
-    is read line by line), not the extension. Returns (records, problems):
-        * records: the usable dicts (each has a "conversations" list); a record without "id" gets
-          its 0-based index in the file (entries, blank lines not counted) as id;
-        * problems: (where, message) for each malformed JSONL line ("line 17", ...) and each entry
-          that is not an object with a "conversations" list (named by its id, or its position).
-    Raises ValueError naming the file and the position when the file is neither valid JSON nor JSONL
-    (e.g. a broken JSON list), and OSError when it cannot be read.
-    """
-    records, problems = _load(path)
-    return records, [(str(where), message) for _, where, message in problems]
-
-
-def resolve_image_path(path: str, image_root: str | os.PathLike | None) -> str:
-    """`image_root / path`; absolute paths (and image_root None) are used as they are."""
-    if image_root is None or os.path.isabs(path):
-        return path
-    return os.path.join(os.fspath(image_root), path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,7 +357,7 @@ def check_dataset(
     empty_answer, truncated, empty, bad_record). `verify_images=False` only checks that the files
     exist. Images are decoded in `num_workers` threads.
     """
-    records, problems = _load(data_path)
+    records, problems = scan_records(data_path)
     report = DataReport()
     report.total = len(records) + len(problems)
     for kind, where, message in problems:

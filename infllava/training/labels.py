@@ -8,9 +8,9 @@ A record (LLaVA's data format)::
 
 Steps:
 
-1. `to_messages`: roles "human"/"gpt" (or "user"/"assistant") -> alternating user/assistant messages,
-   with the checks a training run needs (alternation, empty answers, placeholders vs images). An
-   image record whose text has no "<image>" gets "<image>\\n" at the start of its first user turn.
+1. `infllava.data.records.to_messages`: roles "human"/"gpt" (or "user"/"assistant") -> alternating
+   user/assistant messages, with the checks a training run needs (alternation, empty answers,
+   placeholders vs images); the data layer, shared with evaluation.
 2. `encode_conversation`: render the conversation with the *same* code inference uses
    (`processing.build_prompt` + `processing.tokenize_with_images`), so training and inference
    token sequences cannot drift apart, and mark the supervised characters (each assistant answer
@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.records import SampleError, check_alternation, record_image_paths, to_messages
 from ..processing import (
     IMAGE_PLACEHOLDER,
     LLAMA3_ASSISTANT,
@@ -42,11 +43,7 @@ from ..processing import (
 
 __all__ = [
     "IGNORE_INDEX",
-    "SAMPLE_ERROR_KINDS",
-    "SampleError",
     "EncodedSample",
-    "record_image_paths",
-    "to_messages",
     "tokenize_with_offsets",
     "supervised_spans",
     "encode_conversation",
@@ -55,32 +52,6 @@ __all__ = [
 
 #: Label value of positions that are not supervised (PyTorch's cross-entropy ignore_index).
 IGNORE_INDEX = -100
-
-SAMPLE_ERROR_KINDS = (
-    "placeholder_mismatch",
-    "not_alternating",
-    "empty_answer",
-    "truncated",
-    "empty",
-    "bad_record",
-)
-
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-
-
-class SampleError(ValueError):
-    """A training sample that cannot be used. `kind` is one of `SAMPLE_ERROR_KINDS`."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        if kind not in SAMPLE_ERROR_KINDS:
-            raise ValueError(f"unknown SampleError kind {kind!r}; expected one of {SAMPLE_ERROR_KINDS}")
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-    def __reduce__(self):  # picklable across DataLoader worker processes
-        return (type(self), (self.kind, self.message))
-
 
 @dataclass
 class EncodedSample:
@@ -94,109 +65,6 @@ class EncodedSample:
     @property
     def num_supervised(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE_INDEX)
-
-
-# --------------------------------------------------------------------------------------------
-# Records -> messages
-# --------------------------------------------------------------------------------------------
-
-
-def record_image_paths(record: Mapping[str, Any]) -> list[str]:
-    """The image paths of a record: [] (no "image" / None), [path] or the list given.
-
-    Raises SampleError("bad_record") for anything else (a number, an empty string, a list holding a
-    non-string ...).
-    """
-    image = record.get("image")
-    if image is None:
-        return []
-    items = [image] if isinstance(image, str) else image
-    if not isinstance(items, list) or not all(isinstance(p, str) and p.strip() for p in items):
-        raise SampleError("bad_record", f"'image' must be a path or a list of paths, got {image!r}")
-    return list(items)
-
-
-def to_messages(record: Mapping[str, Any]) -> list[dict[str, str]]:
-    """A LLaVA record -> [{"role": "user" | "assistant", "content": str}, ...].
-
-    Checks, in order (each failure raises `SampleError` of the given kind):
-        * bad_record: no "conversations" list, a turn that is not a dict with "from"/"value" (or
-          "role"/"content"), an unknown role, a non-string value, a malformed "image" field;
-        * not_alternating: the turns do not start with user, alternate, and end with assistant;
-        * empty_answer: an assistant answer that is empty or only whitespace;
-        * placeholder_mismatch: the number of "<image>" in all turns differs from the number of
-          images of the record. Exception (LLaVA's behaviour): an image record with no placeholder at
-          all gets "<image>\\n" put at the start of its first user turn.
-    The record is not modified.
-    """
-    if not isinstance(record, Mapping):
-        raise SampleError("bad_record", f"a record must be a JSON object, got {type(record).__name__}")
-    turns = record.get("conversations")
-    if not isinstance(turns, list):
-        raise SampleError("bad_record", "the record has no 'conversations' list")
-    if not turns:
-        raise SampleError("bad_record", "'conversations' is empty")
-    messages: list[dict[str, str]] = []
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, Mapping):
-            raise SampleError("bad_record", f"turn {i} is not an object: {turn!r}")
-        role_key = "from" if "from" in turn else "role"
-        value_key = "value" if "value" in turn else "content"
-        if role_key not in turn or value_key not in turn:
-            raise SampleError("bad_record", f"turn {i} needs 'from' and 'value' keys, got {sorted(turn)}")
-        raw_role = turn[role_key]
-        role = _ROLES.get(raw_role.lower() if isinstance(raw_role, str) else raw_role)
-        if role is None:
-            raise SampleError(
-                "bad_record", f"turn {i} has role {raw_role!r}; expected 'human'/'gpt' (or 'user'/'assistant')"
-            )
-        content = turn[value_key]
-        if content is None:
-            content = ""
-        if not isinstance(content, str):
-            raise SampleError("bad_record", f"turn {i} value must be a string, got {type(content).__name__}")
-        messages.append({"role": role, "content": content})
-
-    _check_alternation(messages)
-    for i, msg in enumerate(messages):
-        if msg["role"] == "assistant" and not msg["content"].strip():
-            raise SampleError("empty_answer", f"the assistant answer in turn {i} is empty")
-
-    images = record_image_paths(record)
-    count = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
-    if images and count == 0:
-        messages[0]["content"] = IMAGE_PLACEHOLDER + "\n" + messages[0]["content"]
-    elif count != len(images):
-        raise SampleError(
-            "placeholder_mismatch",
-            f"the conversation has {count} '{IMAGE_PLACEHOLDER}' placeholder(s) but the record has "
-            f"{len(images)} image(s)",
-        )
-    return messages
-
-
-def _check_alternation(messages: Sequence[Mapping[str, Any]]) -> None:
-    if not messages:
-        raise SampleError("not_alternating", "the conversation has no messages")
-    roles = [m.get("role") for m in messages]
-    for i, role in enumerate(roles):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if role != expected:
-            raise SampleError(
-                "not_alternating",
-                f"turns must alternate user/assistant starting with user; turn {i} is {role!r} "
-                f"(roles: {_short_roles(roles)})",
-            )
-    if roles[-1] != "assistant":
-        raise SampleError(
-            "not_alternating",
-            f"the conversation must end with an assistant answer (roles: {_short_roles(roles)})",
-        )
-
-
-def _short_roles(roles: Sequence[Any]) -> str:
-    names = [{"user": "U", "assistant": "A"}.get(r, str(r)) for r in roles]
-    return " ".join(names[:12]) + (" ..." if len(names) > 12 else "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,7 +235,7 @@ def supervised_spans(
     "llama3": each answer + "<|eot_id|>"; "plain": caption + "\\n"; "chat_template": the part the
     answer adds to the rendering after the generation prompt, trailing whitespace stripped.
     """
-    _check_alternation(messages)
+    check_alternation(messages)
     if template == "llama3":
         return _llama3_spans(messages)
     if template == "plain":

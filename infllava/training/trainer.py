@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..data.records import load_records
 from ..parts import LM_DELTA_FILE, combine_lora, lora_factors, write_manifest
 from .build import ADAPTER_FILE, adapter_state_dict, apply_stage, build_model, fit_projector_input_norm, merge_lora
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from .config import ConfigError, RunConfig
-from .data import SupervisedDataset, collate, grouped_order, load_records
+from .data import SupervisedDataset, collate, grouped_order
 
 
 # Seconds to sleep after each step: lets the kill / Ctrl-C tests hit a run mid-way. Not for users.
