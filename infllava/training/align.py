@@ -46,6 +46,8 @@ from ..data.records import load_records, resolve_image_path
 from ..processing import ImageLoadError, load_image
 from .build import apply_stage, build_model, fit_projector_input_norm
 from .config import ConfigError, RunConfig
+from .final import save_final
+from .schedule import lr_lambda
 
 
 def region_problem(regions: Any) -> str | None:
@@ -152,8 +154,6 @@ def train_align(cfg: RunConfig) -> Path:
     """Run the align stage; returns OUTPUT/final (a model directory with adapter.safetensors)."""
     from accelerate.utils import set_seed
 
-    from .trainer import _lr_lambda, _save_final
-
     t = cfg.train
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("train.stage: align runs in one process (it takes minutes); launch it without torchrun")
@@ -232,7 +232,7 @@ def train_align(cfg: RunConfig) -> Path:
     lr = t.projector_lr or t.lr
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(_lr_lambda, warmup=int(round(t.warmup_ratio * total)),
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_lambda, warmup=int(round(t.warmup_ratio * total)),
                                                            total=total, kind=t.scheduler))
     g = torch.Generator().manual_seed(t.seed)
     model.train()
@@ -261,5 +261,5 @@ def train_align(cfg: RunConfig) -> Path:
             t0 = time.perf_counter()
     log.close()
     model.eval()
-    _save_final(model, processor, final, save_full_model=cfg.train.save_full_model)
+    save_final(model, processor, final, save_full_model=cfg.train.save_full_model)
     return final

@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data.records import load_records
-from ..parts import LM_DELTA_FILE, combine_lora, lora_factors, write_manifest
-from .build import ADAPTER_FILE, adapter_state_dict, apply_stage, build_model, fit_projector_input_norm, merge_lora
+from .build import apply_stage, build_model, fit_projector_input_norm
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from .config import ConfigError, RunConfig
 from .data import SupervisedDataset, collate, grouped_order
+from .final import save_final
+from .schedule import lr_lambda
 
 
 # Seconds to sleep after each step: lets the kill / Ctrl-C tests hit a run mid-way. Not for users.
@@ -54,15 +55,6 @@ class _StepBatches(torch.utils.data.Sampler):
 
     def __len__(self):
         return (self.total - self.start) * (self.G // (self.mb * self.world))
-
-
-def _lr_lambda(step: int, warmup: int, total: int, kind: str) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def train(cfg: RunConfig) -> Path:
@@ -134,7 +126,7 @@ def train(cfg: RunConfig) -> Path:
                    {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr)
     warmup = int(round(t.warmup_ratio * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_lr_lambda, warmup=warmup, total=total,
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_lambda, warmup=warmup, total=total,
                                                                       kind=t.scheduler))
     state = {"step": 0, "samples": 0, "skipped": 0}
     ckpt = _resume_path(t.resume, out)
@@ -221,9 +213,9 @@ def train(cfg: RunConfig) -> Path:
     if _is_sharded(acc):
         full = acc.get_state_dict(model)  # gathered on the main process (all processes take part)
         if acc.is_main_process:
-            _save_final(acc.unwrap_model(model), processor, final, full, cfg.train.save_full_model)
+            save_final(acc.unwrap_model(model), processor, final, full, cfg.train.save_full_model)
     elif acc.is_main_process:
-        _save_final(acc.unwrap_model(model), processor, final, save_full_model=cfg.train.save_full_model)
+        save_final(acc.unwrap_model(model), processor, final, save_full_model=cfg.train.save_full_model)
     acc.wait_for_everyone()
     return final
 
@@ -284,43 +276,6 @@ def _save(acc, out, model, optimizer, scheduler, state, cfg):
     elif acc.is_main_process:
         save_checkpoint(out, acc.unwrap_model(model), optimizer, scheduler, st, cfg.train.keep_last)
     acc.wait_for_everyone()
-
-
-def _save_final(model, processor, final: Path, gathered: dict | None = None, save_full_model: bool = True) -> None:
-    from safetensors.torch import save_file
-
-    if gathered is not None:  # sharded training: the full weights were gathered from the shards
-        model.load_state_dict(gathered, strict=False, assign=True)
-    final.mkdir(parents=True, exist_ok=True)
-    factors, lora_meta = lora_factors(model.language_model)
-    if getattr(model, "lm_base_lora", None) is not None:  # the base's LM holds its factors merged: keep both
-        factors, lora_meta = combine_lora(model.lm_base_lora, (factors, lora_meta))
-    if factors:  # the small LM delta, for shipping over packaged backbones (infllava.parts)
-        save_file(factors, str(final / "lora.safetensors"))
-        (final / "lora.json").write_text(json.dumps(lora_meta))
-    if processor.template == "plain":  # a training-only format; chat with the model's conversation template
-        processor.template = model.config.template = _chat_template_for(processor.tokenizer)
-    # Over packaged backbones whose LM changed by LoRA factors at most, the parts (config, adapter, LoRA
-    # factors) are the whole model: a few MB instead of the frozen backbones' hundreds.
-    packaged = None if getattr(model, "lm_delta", None) else getattr(model, "packaged", None)
-    if packaged is None or save_full_model:
-        merge_lora(model)
-        if getattr(model, "lm_delta", None):
-            (final / LM_DELTA_FILE).write_text(json.dumps(model.lm_delta))
-        model.requires_grad_(False)
-        model.save_pretrained(final)
-    else:
-        model.config.save_pretrained(final)
-    processor.save_pretrained(final)
-    save_file(adapter_state_dict(model), str(final / ADAPTER_FILE))
-    if packaged is not None:
-        write_manifest(final, packaged["vision_tower"], packaged["language_model"], lora_meta if factors else None)
-
-
-def _chat_template_for(tokenizer) -> str:
-    if "<|eot_id|>" in tokenizer.get_vocab():
-        return "llama3"
-    return "chat_template" if getattr(tokenizer, "chat_template", None) else "llama3"
 
 
 # Settings that may change between a run and its resumption (logging, loading, checkpoint cadence).
