@@ -66,7 +66,7 @@ def main() -> None:
     with torch.inference_mode():
         for _ in range(args.repeats):
             for name, model in (("official", ref), ("infllava", ours)):
-                dt, peak, out = measure(lambda: model.get_image_features(pixels), args.device)
+                dt, peak, out = measure(lambda: model.image_tokens(pixels), args.device)
                 times[name].append(dt)
                 peaks[name].append(peak)
                 outs[name] = out

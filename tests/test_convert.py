@@ -154,7 +154,7 @@ def test_missing_and_misshaped_keys_are_named(tmp_path, paired):
     sd = load_file(str(src / "model.safetensors"))
     del sd["model.spatial_embed.ln_fuse.bias"]
     save_file(sd, str(src / "model.safetensors"))
-    with pytest.raises(ConversionError, match="dem.fuse_norm.bias"):
+    with pytest.raises(ConversionError, match="model.dem.fuse_norm.bias"):
         convert_official(src, tmp_path / "out", vision_tower=clip)
     sd["model.spatial_embed.ln_fuse.bias"] = torch.zeros(7)
     save_file(sd, str(src / "model.safetensors"))
@@ -189,7 +189,7 @@ def test_builtin_clip_l_keys_all_map():
     expected = ours.state_dict()
     tower_keys = {f"model.vision_tower.vision_tower.vision_model.{k}" for k in tower.state_dict()}
     targets = {map_key(k) for k in tower_keys}
-    ours_tower = {k for k in expected if k.startswith("vision_tower.")}
+    ours_tower = {k for k in expected if k.startswith("model.vision_tower.")}
     assert ours_tower <= targets  # everything the model needs is provided
     extra = targets - ours_tower
     assert all(".encoder.layers.23." in k or "post_layernorm" in k for k in extra), sorted(extra)[:5]

@@ -27,20 +27,20 @@ def test_cached_features_equal_computed_and_hit_on_repeat(tmp_path):
     g = model.config.grid
     x = torch.randn(2, 3, g[0] * S, g[1] * S)
     with torch.no_grad():
-        plain = model.get_image_features(x)
+        plain = model.image_tokens(x)
     cache = model.vision_tower.feature_cache = _cache(model, tmp_path)
     with torch.no_grad():
-        first = model.get_image_features(x)
+        first = model.image_tokens(x)
     assert cache.misses > 0 and cache.hits == 0
     misses = cache.misses
     with torch.no_grad():
-        second = model.get_image_features(x)
+        second = model.image_tokens(x)
     assert cache.hits == misses and cache.misses == misses
     assert torch.equal(first, second)
     assert (first - plain).abs().max() < 1e-5
     # gradients still reach the DEM and projector through cached features
     model.vision_tower.feature_cache = _cache(model, tmp_path)
-    model.get_image_features(x).square().sum().backward()
+    model.image_tokens(x).square().sum().backward()
     assert model.projector.parameters().__next__().grad.abs().max() > 0
 
 

@@ -77,7 +77,7 @@ def test_image_features_match_official(case):
     ref, ours, cfg = paired_models(**PARITY_CASES[case])
     px = torch.randn(2, 3, *cfg.input_size)
     with torch.no_grad():
-        a, b = ref.get_image_features(px), ours.get_image_features(px)
+        a, b = ref.get_image_features(px), ours.image_tokens(px)
     assert a.shape == b.shape == (2, cfg.num_image_tokens, cfg.text_config.hidden_size)
     assert (a - b).abs().max() <= TOL
 
@@ -89,27 +89,27 @@ def test_unshuffle_downsample_starts_as_avgpool_and_concatenates_the_cell():
     ref, ours, cfg = paired_models(dem_downsample="avgpool")
     un = InfLlavaForConditionalGeneration(tiny_config(dem_downsample="unshuffle")).eval()
     missing, unexpected = un.load_state_dict(ours.state_dict(), strict=False)
-    assert not unexpected and sorted(missing) == ["dem.downsample.bias", "dem.downsample.weight"]
+    assert not unexpected and sorted(missing) == ["model.dem.downsample.bias", "model.dem.downsample.weight"]
     assert un.dem.downsample.weight.shape == (cfg.vision_config.hidden_size, 9 * cfg.vision_config.hidden_size)
     px = torch.randn(2, 3, *cfg.input_size)
     with torch.no_grad():
-        assert (un.get_image_features(px) - ours.get_image_features(px)).abs().max() <= TOL
+        assert (un.image_tokens(px) - ours.image_tokens(px)).abs().max() <= TOL
         un.dem.downsample.weight.normal_(0, 0.05)
         un.dem.downsample.bias.normal_(0, 0.1)
     ref.downsample = "unshuffle"
     ref.spatial_embed.unshuffle_weight = un.dem.downsample.weight
     ref.spatial_embed.unshuffle_bias = un.dem.downsample.bias
     with torch.no_grad():
-        a, b = ref.get_image_features(px), un.get_image_features(px)
+        a, b = ref.get_image_features(px), un.image_tokens(px)
         assert (a - b).abs().max() <= TOL
-        assert (b - ours.get_image_features(px)).abs().max() > 100 * TOL  # the weights do matter
+        assert (b - ours.image_tokens(px)).abs().max() > 100 * TOL  # the weights do matter
 
 
 def test_input_of_other_size_is_resized_like_official():
     ref, ours, cfg = paired_models()
     px = torch.randn(1, 3, 2 * cfg.tower_image_size, 2 * cfg.tower_image_size)  # e.g. 672 for a 1008 model
     with torch.no_grad():
-        assert (ref.get_image_features(px) - ours.get_image_features(px)).abs().max() <= TOL
+        assert (ref.get_image_features(px) - ours.image_tokens(px)).abs().max() <= TOL
 
 
 def test_tower_stops_at_the_selected_layer():
@@ -123,7 +123,7 @@ def test_only_needed_crops_go_through_the_tower():
     seen = []
     hook = ours.vision_tower.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
     with torch.no_grad():
-        ours.get_image_features(torch.randn(2, 3, *cfg.input_size))
+        ours.image_tokens(torch.randn(2, 3, *cfg.input_size))
     hook.remove()
     assert seen == [2 * 10]  # one batched call: 9 local + 1 global crop per image
 
@@ -146,7 +146,7 @@ def test_gradients_of_dem_and_projector_match_official():
     px = torch.randn(1, 3, *cfg.input_size)
     target = torch.randn(1, cfg.num_image_tokens, cfg.text_config.hidden_size)
     for m in (ref, ours):
-        ((m.get_image_features(px) - target) ** 2).mean().backward()
+        ((m.image_tokens(px) - target) ** 2).mean().backward()
     pairs = [
         (ref.spatial_embed.attention.linears[0].weight, ours.dem.attn.q_proj.weight),
         (ref.spatial_embed.attention.linears[1].weight, ours.dem.attn.k_proj.weight),
@@ -164,7 +164,7 @@ def test_unshared_attention_and_sum_merge_are_selectable():
     cfg = tiny_config(dem_share_attention=False, thumbnail_merge="sum")
     model = InfLlavaForConditionalGeneration(cfg).eval()
     assert model.dem.local_attn is not None
-    out = model.get_image_features(torch.randn(1, 3, *cfg.input_size))
+    out = model.image_tokens(torch.randn(1, 3, *cfg.input_size))
     assert out.shape == (1, cfg.num_image_tokens, cfg.text_config.hidden_size)
 
 
@@ -180,13 +180,13 @@ def test_concat_merge_keeps_thumbnail_and_dem_apart():
     mean_model = InfLlavaForConditionalGeneration(tiny_config()).eval()
     thumb_model = InfLlavaForConditionalGeneration(tiny_config(thumbnail_merge="concat", views="thumbnail")).eval()
     assert thumb_model.projector.layers[0].in_features == d  # nothing to concatenate
-    shared = {k: v for k, v in cat_model.state_dict().items() if not k.startswith("projector.")}
+    shared = {k: v for k, v in cat_model.state_dict().items() if not k.startswith("model.projector.")}
     for m in (mean_model, thumb_model):
         m.load_state_dict(shared, strict=False)
     x = torch.randn(2, 3, *cat_cfg.input_size)
     with torch.no_grad():
         both, mean, thumb = cat_model.encode_images(x), mean_model.encode_images(x), thumb_model.encode_images(x)
-        tokens = cat_model.get_image_features(x)
+        tokens = cat_model.image_tokens(x)
     assert both.shape == (2, cat_cfg.num_image_tokens, 2 * d)
     torch.testing.assert_close(both[..., :d], thumb)
     torch.testing.assert_close(both[..., d:], 2 * mean - thumb)
@@ -204,7 +204,7 @@ def test_local_residual_starts_as_local_view_and_learns_the_gate(downsample):
     full = InfLlavaForConditionalGeneration(cfg).eval()
     assert torch.count_nonzero(full.dem.local_gate) == 0
     local = InfLlavaForConditionalGeneration(tiny_config(dem_downsample=downsample, views="local")).eval()
-    local.load_state_dict({k: v for k, v in full.state_dict().items() if k != "dem.local_gate"})
+    local.load_state_dict({k: v for k, v in full.state_dict().items() if k != "model.dem.local_gate"})
     x = torch.randn(2, 3, *cfg.input_size)
     with torch.no_grad():
         torch.testing.assert_close(full.encode_images(x), local.encode_images(x))
@@ -214,7 +214,7 @@ def test_local_residual_starts_as_local_view_and_learns_the_gate(downsample):
         full.dem.local_gate.fill_(1.0)
         assert not torch.allclose(full.encode_images(x), local.encode_images(x))
     plain = InfLlavaForConditionalGeneration(tiny_config(dem_downsample=downsample))
-    assert plain.dem.local_gate is None and "dem.local_gate" not in plain.state_dict()  # the official layout
+    assert plain.dem.local_gate is None and "model.dem.local_gate" not in plain.state_dict()  # the official layout
 
 
 def test_siglip_tower_without_cls():
@@ -223,7 +223,7 @@ def test_siglip_tower_without_cls():
     cfg = tiny_config(vision_config=vision)
     assert not cfg.drops_cls
     model = InfLlavaForConditionalGeneration(cfg).eval()
-    out = model.get_image_features(torch.randn(2, 3, *cfg.input_size))
+    out = model.image_tokens(torch.randn(2, 3, *cfg.input_size))
     assert out.shape == (2, 16, cfg.text_config.hidden_size)
 
 
@@ -308,7 +308,7 @@ def test_precomputed_image_features_give_the_same_logits(tiny):
     px = torch.randn(1, 3, *cfg.input_size)
     with torch.no_grad():
         a = model(input_ids=ids, pixel_values=px).logits
-        b = model(input_ids=ids, image_features=model.get_image_features(px)).logits
+        b = model(input_ids=ids, image_features=model.image_tokens(px)).logits
     assert torch.equal(a, b)
 
 
@@ -332,11 +332,10 @@ def test_save_pretrained_round_trip_and_auto_classes(tiny, tmp_path):
 def test_tied_embeddings_round_trip(tmp_path):
     cfg = tiny_config(text_config=dict(tiny_config().text_config.to_dict(), tie_word_embeddings=True))
     model = InfLlavaForConditionalGeneration(cfg)
-    lm = model.language_model
-    assert lm.lm_head.weight.data_ptr() == lm.model.embed_tokens.weight.data_ptr()
+    assert model.lm_head.weight.data_ptr() == model.language_model.embed_tokens.weight.data_ptr()
     model.save_pretrained(tmp_path)
     loaded = InfLlavaForConditionalGeneration.from_pretrained(tmp_path)
-    assert torch.equal(loaded.language_model.lm_head.weight, lm.lm_head.weight)
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
 
 
 @pytest.mark.parametrize("views, crops_per_image", [("full", 10), ("thumbnail", 1), ("local", 10), ("global", 9)])
@@ -397,19 +396,19 @@ def test_mlpavg_downsample_starts_as_avgpool_and_shares_one_mlp():
     _, ours, cfg = paired_models(dem_downsample="avgpool")
     ml = InfLlavaForConditionalGeneration(tiny_config(dem_downsample="mlpavg")).eval()
     missing, unexpected = ml.load_state_dict(ours.state_dict(), strict=False)
-    assert not unexpected and sorted(missing) == ["dem.cell_mlp.0.bias", "dem.cell_mlp.0.weight",
-                                                  "dem.cell_mlp.2.bias", "dem.cell_mlp.2.weight"]
+    assert not unexpected and sorted(missing) == ["model.dem.cell_mlp.0.bias", "model.dem.cell_mlp.0.weight",
+                                                  "model.dem.cell_mlp.2.bias", "model.dem.cell_mlp.2.weight"]
     assert ml.dem.cell_mlp[2].weight.abs().max() == 0
     px = torch.randn(2, 3, *cfg.input_size)
     with torch.no_grad():
-        assert (ml.get_image_features(px) - ours.get_image_features(px)).abs().max() <= TOL
+        assert (ml.image_tokens(px) - ours.image_tokens(px)).abs().max() <= TOL
         ml.dem.cell_mlp[2].weight.normal_(0, 0.2)
-        assert (ml.get_image_features(px) - ours.get_image_features(px)).abs().max() > 100 * TOL
+        assert (ml.image_tokens(px) - ours.image_tokens(px)).abs().max() > 100 * TOL
         # the tokens are the mean over each cell of x + MLP(x), x the fused map at the cell's positions
         seen = {}
         h1 = ml.dem.cell_mlp.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
         h2 = ml.dem.register_forward_hook(lambda m, i, o: seen.update(out=o))
-        ml.get_image_features(px)
+        ml.image_tokens(px)
         h1.remove(), h2.remove()
         x = seen["x"]  # (B, O, h, w, d): O = all n_h*n_w positions of a cell
         assert x.shape[1] == 9

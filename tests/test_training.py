@@ -80,14 +80,14 @@ def test_stage_freezing(tmp_path, stage, lora):
     apply_stage(model, cfg)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert not any(n.startswith("vision_tower.") for n in trainable)
-    assert any(n.startswith("dem.") for n in trainable) and any(n.startswith("projector.") for n in trainable)
-    lm = {n for n in trainable if n.startswith("language_model.")}
+    assert any(n.startswith("model.dem.") for n in trainable) and any(n.startswith("model.projector.") for n in trainable)
+    lm = {n for n in trainable if n.startswith(("model.language_model.", "lm_head."))}
     if stage == "pretrain":
         assert not lm
     elif lora:
         assert lm and all("lora_" in n for n in lm)
     else:
-        assert len(lm) == sum(1 for _ in model.language_model.parameters())
+        assert lm == {n for n, _ in model.named_parameters() if n.startswith(("model.language_model.", "lm_head."))}
 
 
 def test_freeze_mm_trains_only_the_lm(tmp_path):
@@ -95,7 +95,7 @@ def test_freeze_mm_trains_only_the_lm(tmp_path):
     model, _ = build_model(cfg)
     apply_stage(model, cfg)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith("language_model.") and "lora_" in n for n in trainable)
+    assert trainable and all(n.startswith("model.language_model.") and "lora_" in n for n in trainable)
     with pytest.raises(ConfigError, match="freeze_mm"):
         load_config(TINY, ["data.path=x", "train.stage=pretrain", "train.freeze_mm=true"])
 
@@ -139,7 +139,7 @@ def test_pretrain_then_finetune_then_chat(tmp_path, capsys):
     losses = [r["loss"] for r in log if "loss" in r]
     assert len(losses) == 4 and all(l == l for l in losses)  # finite, logged every step
     adapter = load_file(str(final / "adapter.safetensors"))
-    assert set(adapter) == {k for k in model.state_dict() if k.startswith(("dem.", "projector."))}
+    assert set(adapter) == {k for k in model.model.state_dict() if k.startswith(("dem.", "projector."))}
     # stage 2 starts from stage 1's output
     cfg2 = cfg_for(tmp_path / "s2", "train.max_steps=2", "train.stage=finetune", "train.lr=1e-4",
                    kind="qa", n=16)
@@ -244,7 +244,7 @@ def test_projector_lr_sets_the_multimodal_modules_lr(tmp_path):
     a, b, c = (load_file(str(d / "adapter.safetensors")) for d in (slow_mm, all_slow, fast))
     assert max((a[k] - b[k]).abs().max() for k in a) < 1e-6  # DEM + projector barely moved at 1e-12
     assert max((c[k] - b[k]).abs().max() for k in c) > 1e-3
-    lm = [k for k in load_file(str(slow_mm / "model.safetensors")) if k.startswith("language_model.")][:1]
+    lm = [k for k in load_file(str(slow_mm / "model.safetensors")) if k.startswith("model.language_model.")][:1]
     wa, wb = (load_file(str(d / "model.safetensors"))[lm[0]] for d in (slow_mm, all_slow))
     assert (wa - wb).abs().max() > 1e-4  # the LM still trained at train.lr
 

@@ -25,26 +25,26 @@ from ..config import CLIP_MEAN, CLIP_STD, CLIP_VIT_L_14_336, InfLlavaConfig
 
 # (regex on the official key, replacement). First match wins; None = skip (reason in the tuple).
 OFFICIAL_KEY_MAP: list[tuple[str, str | None]] = [
-    (r"^model\.spatial_embed\.attention\.linears\.0\.(weight|bias)$", r"dem.attn.q_proj.\1"),
-    (r"^model\.spatial_embed\.attention\.linears\.1\.(weight|bias)$", r"dem.attn.k_proj.\1"),
-    (r"^model\.spatial_embed\.attention\.linears\.2\.(weight|bias)$", r"dem.attn.v_proj.\1"),
-    (r"^model\.spatial_embed\.attention\.linears\.3\.(weight|bias)$", r"dem.attn.o_proj.\1"),
-    (r"^model\.spatial_embed\.attention\.ln\.(weight|bias)$", r"dem.attn.norm.\1"),
-    (r"^model\.spatial_embed\.ffn_crop\.0\.(weight|bias)$", r"dem.ffn_local.fc1.\1"),
-    (r"^model\.spatial_embed\.ffn_crop\.2\.(weight|bias)$", r"dem.ffn_local.fc2.\1"),
-    (r"^model\.spatial_embed\.ffn_stride\.0\.(weight|bias)$", r"dem.ffn_global.fc1.\1"),
-    (r"^model\.spatial_embed\.ffn_stride\.2\.(weight|bias)$", r"dem.ffn_global.fc2.\1"),
-    (r"^model\.spatial_embed\.ln_fuse\.(weight|bias)$", r"dem.fuse_norm.\1"),
-    (r"^model\.mm_projector\.(\d+)\.(weight|bias)$", r"projector.layers.\1.\2"),
-    (r"^model\.vision_tower\.vision_tower\.(?:vision_model\.)?(.+)$", r"vision_tower.model.\1"),
+    (r"^model\.spatial_embed\.attention\.linears\.0\.(weight|bias)$", r"model.dem.attn.q_proj.\1"),
+    (r"^model\.spatial_embed\.attention\.linears\.1\.(weight|bias)$", r"model.dem.attn.k_proj.\1"),
+    (r"^model\.spatial_embed\.attention\.linears\.2\.(weight|bias)$", r"model.dem.attn.v_proj.\1"),
+    (r"^model\.spatial_embed\.attention\.linears\.3\.(weight|bias)$", r"model.dem.attn.o_proj.\1"),
+    (r"^model\.spatial_embed\.attention\.ln\.(weight|bias)$", r"model.dem.attn.norm.\1"),
+    (r"^model\.spatial_embed\.ffn_crop\.0\.(weight|bias)$", r"model.dem.ffn_local.fc1.\1"),
+    (r"^model\.spatial_embed\.ffn_crop\.2\.(weight|bias)$", r"model.dem.ffn_local.fc2.\1"),
+    (r"^model\.spatial_embed\.ffn_stride\.0\.(weight|bias)$", r"model.dem.ffn_global.fc1.\1"),
+    (r"^model\.spatial_embed\.ffn_stride\.2\.(weight|bias)$", r"model.dem.ffn_global.fc2.\1"),
+    (r"^model\.spatial_embed\.ln_fuse\.(weight|bias)$", r"model.dem.fuse_norm.\1"),
+    (r"^model\.mm_projector\.(\d+)\.(weight|bias)$", r"model.projector.layers.\1.\2"),
+    (r"^model\.vision_tower\.vision_tower\.(?:vision_model\.)?(.+)$", r"model.vision_tower.model.\1"),
     (r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$", None),
-    (r"^model\.(embed_tokens|layers|norm)\.(.+)$", r"language_model.model.\1.\2"),
-    (r"^lm_head\.weight$", r"language_model.lm_head.weight"),
+    (r"^model\.(embed_tokens|layers|norm)\.(.+)$", r"model.language_model.\1.\2"),
+    (r"^lm_head\.weight$", r"lm_head.weight"),
 ]
 
 # Keys of a stand-alone transformers CLIP checkpoint (--vision-tower DIR).
 CLIP_DIR_KEY_MAP: list[tuple[str, str | None]] = [
-    (r"^(?:vision_model\.)?(embeddings|pre_layrnorm|encoder|post_layernorm)\.(.+)$", r"vision_tower.model.\1.\2"),
+    (r"^(?:vision_model\.)?(embeddings|pre_layrnorm|encoder|post_layernorm)\.(.+)$", r"model.vision_tower.model.\1.\2"),
 ]
 
 KNOWN_TOWERS = {
@@ -257,7 +257,7 @@ def convert_official(src: str | Path, dst: str | Path, vision_tower: str | Path 
         if key not in expected:
             src_key = next(k for k, t in report.mapped.items() if t == key)
             why = "layer after the selected feature layer" if ".encoder.layers." in key else "unused by the model"
-            if key.startswith("vision_tower.model.post_layernorm"):
+            if key.startswith("model.vision_tower.model.post_layernorm"):
                 why = "tower final norm (LLaVA uses the raw hidden state)"
             report.skipped[src_key] = why
             del report.mapped[src_key]

@@ -1,5 +1,12 @@
 """INF-LLaVA model: crops -> vision tower -> DEM -> projector -> LM."""
 
-from .modeling import InfLlavaForConditionalGeneration, InfLlavaPreTrainedModel, register_auto_classes
+from .modeling import (
+    InfLlavaForConditionalGeneration,
+    InfLlavaModel,
+    InfLlavaPreTrainedModel,
+    register_auto_classes,
+    rename_legacy_key,
+)
 
-__all__ = ["InfLlavaForConditionalGeneration", "InfLlavaPreTrainedModel", "register_auto_classes"]
+__all__ = ["InfLlavaForConditionalGeneration", "InfLlavaModel", "InfLlavaPreTrainedModel", "register_auto_classes",
+           "rename_legacy_key"]

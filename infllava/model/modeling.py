@@ -1,14 +1,23 @@
 """INF-LLaVA: image -> DCM crops -> vision tower -> DEM (+ thumbnail) -> projector -> causal LM.
 
-`InfLlavaForConditionalGeneration` is a transformers `PreTrainedModel` with `GenerationMixin`
-(KV cache, `generate`, batched left-padded prompts), assembled from replaceable parts:
-`vision_tower` (any transformers ViT), `dem`, `projector` and `language_model` (any transformers
-causal LM). Each `<image>` placeholder of the prompt is `num_image_tokens` copies of
-`config.image_token_id` in `input_ids`; those positions receive the image's features.
+The layout is transformers' Llava family's, so that code written for it (vLLM's Transformers backend,
+lmms-eval's HF wrappers, `generate`) drives INF-LLaVA unchanged:
+
+- `InfLlavaModel`: `vision_tower` (any registered tower), `dem`, `projector` and `language_model`, the
+  decoder-only *base* LM (`AutoModel`, no head), returning hidden states. `get_image_features` returns a
+  `BaseModelOutputWithPooling` whose `pooler_output` holds one (T, D) tensor of visual tokens per image.
+- `InfLlavaForConditionalGeneration`: `.model` (an `InfLlavaModel`) + `.lm_head`, with `GenerationMixin`
+  (KV cache, `generate`, batched left-padded prompts).
+
+Each `<image>` placeholder of the prompt is `num_image_tokens` copies of `config.image_token_id` in
+`input_ids`; those positions receive the image's features, images filling the runs in reading order.
 
 Image encoding computes only what the output depends on (see `dem.py`): for the official 3x3 grid the
 tower sees the 9 local crops and 1 global crop (which is also exactly the thumbnail: bicubic at an
 exact odd ratio samples pixel n*k + (n-1)/2), instead of the official code's 19 crops.
+
+Checkpoints written before this layout (`language_model.model.*`, `language_model.lm_head.*`,
+`vision_tower.*`, `dem.*`, `projector.*` at the top) are renamed on load (`LEGACY_KEY_RENAMES`).
 
 Notation: B images, K local crops, O sampled global crops, S crop side, h x w feature grid,
 T = h*w visual tokens per image, d tower width, D LM width, L sequence length.
@@ -16,9 +25,18 @@ T = h*w visual tokens per image, d tower width, D LM width, L sequence length.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageTextToText,
+    GenerationMixin,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 
 from ..config import InfLlavaConfig
 from .crops import global_crop, local_crops, resize_input, thumbnail, tile_local
@@ -26,17 +44,65 @@ from .dem import DualPerspectiveEnhancement, init_mean_of_cells
 from .projector import Projector
 from .vision_tower import VisionTower
 
+# The output classes of transformers' own multimodal models where this transformers has them (their cache
+# field is named as this version's LM outputs name it); plain equivalents otherwise.
+try:
+    from transformers.modeling_outputs import MultimodalBaseModelOutputWithPast as _BaseOutput
+    from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast as _CausalOutput
+except ImportError:  # older transformers 5.x
+
+    @dataclass
+    class _BaseOutput(ModelOutput):
+        last_hidden_state: torch.FloatTensor | None = None
+        past_key_values: object | None = None
+        hidden_states: tuple | None = None
+        attentions: tuple | None = None
+        image_outputs: BaseModelOutputWithPooling | None = None
+
+    @dataclass
+    class _CausalOutput(ModelOutput):
+        loss: torch.FloatTensor | None = None
+        logits: torch.FloatTensor | None = None
+        past_key_values: object | None = None
+        hidden_states: tuple | None = None
+        attentions: tuple | None = None
+        image_outputs: BaseModelOutputWithPooling | None = None
+
+
+InfLlavaModelOutputWithPast = _BaseOutput
+InfLlavaCausalLMOutputWithPast = _CausalOutput
+
+# Old top-level layout -> this one (regex on the key, replacement); first match wins. Plain prefixes, as
+# transformers' own renamings are written (its renaming machinery treats groups specially).
+LEGACY_KEY_RENAMES: list[tuple[str, str]] = [
+    (r"^language_model\.lm_head", "lm_head"),
+    (r"^language_model\.model", "model.language_model"),
+    (r"^vision_tower", "model.vision_tower"),
+    (r"^dem", "model.dem"),
+    (r"^projector", "model.projector"),
+]
+
 
 class InfLlavaPreTrainedModel(PreTrainedModel):
     config: InfLlavaConfig
     config_class = InfLlavaConfig
-    base_model_prefix = ""
+    base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
+    _supports_flex_attn = True
     _supports_attention_backend = True
     _no_split_modules = []
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Writes the current layout (`model.*`, `lm_head.*`), not the legacy one the registered renaming
+        reads (transformers would otherwise write the renaming's source names back)."""
+        import inspect
+
+        if "save_original_format" in inspect.signature(PreTrainedModel.save_pretrained).parameters:
+            kwargs.setdefault("save_original_format", False)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module):
         std = getattr(self.config.get_text_config(), "initializer_range", 0.02)
@@ -61,7 +127,9 @@ class InfLlavaPreTrainedModel(PreTrainedModel):
             super()._init_weights(module)
 
 
-class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin):
+class InfLlavaModel(InfLlavaPreTrainedModel):
+    """Vision tower + DEM + projector + the base LM; returns the LM's hidden states (no head)."""
+
     def __init__(self, config: InfLlavaConfig):
         super().__init__(config)
         self.vision_tower = VisionTower(
@@ -72,24 +140,21 @@ class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin)
             config.projector_type, config.projector_input_size, config.text_config.hidden_size,
             input_norm=config.projector_input_norm,
         )
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
-    # ---- plumbing the LM expects ----
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
-    def get_output_embeddings(self) -> nn.Module:
-        return self.language_model.get_output_embeddings()
-
-    def set_output_embeddings(self, value: nn.Module) -> None:
-        self.language_model.set_output_embeddings(value)
-
-    def get_decoder(self):
-        return self.language_model.get_decoder()
+    def load_language_model(self, causal_lm: PreTrainedModel) -> None:
+        """Copy a transformers causal LM's base weights into `language_model` (strict: names every key that
+        does not fit). Its head goes to `InfLlavaForConditionalGeneration.load_language_model`."""
+        missing, unexpected = self.language_model.load_state_dict(causal_lm.base_model.state_dict(), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"the language model's weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
     # ---- vision path ----
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -171,22 +236,31 @@ class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin)
             return torch.cat([thumb, high], -1)  # (B, T, 2d)
         return thumb + high
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> projected visual tokens (B, T, D)."""
         return self.projector(self.encode_images(pixel_values))
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """transformers' convention (Llava): `last_hidden_state` the merged visual features before the
+        projector (B, T, d), `pooler_output` one (T, D) tensor of visual tokens per image (a tuple)."""
+        merged = self.encode_images(pixel_values)
+        tokens = self.projector(merged)
+        return BaseModelOutputWithPooling(last_hidden_state=merged, pooler_output=tuple(tokens.unbind(0)))
 
     def embed_inputs(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None,
                      image_features: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with the image placeholders replaced by visual tokens. -> (B, L, D).
 
         Images fill the placeholder runs in reading order (row by row). Either `pixel_values` or
-        precomputed `image_features` (B_img, T, D) may be given.
+        precomputed `image_features` (B_img, T, D) (or a sequence of (T, D)) may be given.
         """
         is_image = input_ids == self.config.image_token_id
         embeds = self.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
         n_slots = int(is_image.sum())
         if image_features is None and pixel_values is not None and n_slots:
-            image_features = self.get_image_features(pixel_values)
+            image_features = self.image_tokens(pixel_values)
+        if isinstance(image_features, (list, tuple)):
+            image_features = torch.stack(list(image_features)) if image_features else None
         n_images = 0 if image_features is None else image_features.shape[0]
         T = self.config.num_image_tokens
         if n_slots != n_images * T or (is_image.sum(1) % T).any():
@@ -206,34 +280,167 @@ class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin)
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """Hidden states of the base LM over the prompt with its images in place. The KV cache and every
+        other LM argument pass through `kwargs` under the names of the installed transformers."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        image_outputs = None
+        if inputs_embeds is None:
+            if pixel_values is not None and image_features is None and (input_ids == self.config.image_token_id).any():
+                image_outputs = self.get_image_features(pixel_values)
+                image_features = image_outputs.pooler_output
+            inputs_embeds = self.embed_inputs(input_ids, None, image_features)
+        elif pixel_values is not None:
+            raise ValueError("pixel_values cannot be combined with inputs_embeds (embed the images first)")
+        kwargs.pop("return_dict", None)
+        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                  position_ids=position_ids, return_dict=True, **kwargs)
+        return InfLlavaModelOutputWithPast(**out, image_outputs=image_outputs)
+
+
+class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin):
+    """`InfLlavaModel` + `lm_head`: logits, loss and generation."""
+
+    def __init__(self, config: InfLlavaConfig):
+        super().__init__(config)
+        self.model = InfLlavaModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        # the head shares the embedding matrix when the LM ties them (named as this LM names its embeddings)
+        embed = self.model.language_model.get_input_embeddings()
+        name = next(n for n, m in self.model.language_model.named_modules() if m is embed)
+        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{name}.weight"}
+        self.post_init()
+
+    # ---- the parts, as transformers' Llava exposes them ----
+    @property
+    def vision_tower(self) -> VisionTower:
+        return self.model.vision_tower
+
+    @property
+    def dem(self) -> DualPerspectiveEnhancement:
+        return self.model.dem
+
+    @property
+    def projector(self) -> Projector:
+        return self.model.projector
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.language_model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head = value
+
+    def get_decoder(self):
+        return self.model.language_model
+
+    def load_language_model(self, causal_lm: PreTrainedModel) -> None:
+        """Copy a transformers causal LM (e.g. `AutoModelForCausalLM.from_pretrained(DIR)`) into the model:
+        its base into `model.language_model`, its head into `lm_head` (tied again where the LM ties them)."""
+        self.model.load_language_model(causal_lm)
+        head = causal_lm.get_output_embeddings()
+        with torch.no_grad():
+            self.lm_head.weight.copy_(head.weight)
+        if self.config.tie_word_embeddings:
+            self.tie_weights()
+
+    # ---- vision path (the base model's) ----
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_images(pixel_values)
+
+    def image_crops(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.image_crops(pixel_values)
+
+    def merge_crop_features(self, feats: torch.Tensor, thumb_is_crop: bool = True) -> torch.Tensor:
+        return self.model.merge_crop_features(feats, thumb_is_crop)
+
+    def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.image_tokens(pixel_values)
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_image_features(pixel_values, **kwargs)
+
+    def embed_inputs(self, input_ids, pixel_values=None, image_features=None) -> torch.Tensor:
+        return self.model.embed_inputs(input_ids, pixel_values, image_features)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         image_features: torch.Tensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ):
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_features)
-        elif pixel_values is not None:
-            raise ValueError("pixel_values cannot be combined with inputs_embeds (embed the images first)")
-        return self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            labels=labels,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
-        )
+        """`logits_to_keep`: an int keeps the last that many positions (0: all), a tensor the positions it
+        indexes (the trainer's supervised positions: the head runs only there)."""
+        kwargs.pop("return_dict", None)
+        out = self.model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                         position_ids=position_ids, inputs_embeds=inputs_embeds, image_features=image_features,
+                         **kwargs)
+        hidden = out.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+        rest = {k: v for k, v in out.items() if k != "last_hidden_state"}
+        return InfLlavaCausalLMOutputWithPast(loss=loss, logits=logits, **rest)
+
+    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, pixel_values=None, image_features=None,
+                                      **kwargs):
+        inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
+        # the images enter at the prefill only; the decode steps read them from the KV cache
+        first = (inputs.get("input_ids") is not None and (inputs["input_ids"] == self.config.image_token_id).any())
+        if first:
+            inputs["pixel_values"], inputs["image_features"] = pixel_values, image_features
+        return inputs
 
 
 def register_auto_classes() -> None:
-    """Make `AutoConfig` / `AutoModelForImageTextToText` know model_type 'infllava'."""
-    try:
-        AutoConfig.register("infllava", InfLlavaConfig)
-    except ValueError:  # already registered
+    """Make the Auto classes know model_type 'infllava' (idempotent), and map the legacy key layout."""
+    AutoConfig.register("infllava", InfLlavaConfig, exist_ok=True)
+    AutoModel.register(InfLlavaConfig, InfLlavaModel, exist_ok=True)
+    AutoModelForImageTextToText.register(InfLlavaConfig, InfLlavaForConditionalGeneration, exist_ok=True)
+    try:  # transformers offers this mapping in some versions only
+        from transformers import AutoModelForVision2Seq
+
+        AutoModelForVision2Seq.register(InfLlavaConfig, InfLlavaForConditionalGeneration, exist_ok=True)
+    except (ImportError, ValueError):
         pass
+    _register_legacy_renames()
+
+
+def _register_legacy_renames() -> None:
     try:
-        AutoModelForImageTextToText.register(InfLlavaConfig, InfLlavaForConditionalGeneration)
-    except ValueError:
-        pass
+        from transformers.conversion_mapping import WeightRenaming, register_checkpoint_conversion_mapping
+    except ImportError:  # a transformers without registrable renamings: `infllava.load` renames itself
+        return
+    mapping = [WeightRenaming(source_patterns=src, target_patterns=dst) for src, dst in LEGACY_KEY_RENAMES]
+    for name in ("infllava",):
+        register_checkpoint_conversion_mapping(name, mapping, overwrite=True)
+
+
+def rename_legacy_key(key: str) -> str:
+    """A key of the layout before `InfLlavaModel` -> its name now (unchanged when already current)."""
+    import re
+
+    for pattern, repl in LEGACY_KEY_RENAMES:
+        if re.match(pattern + r"\.", key):
+            return re.sub(pattern, repl, key, count=1)
+    return key

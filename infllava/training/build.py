@@ -77,7 +77,8 @@ def _build_from_parts(m):
     """A vision tower + a causal LM (local transformers directories, or the packaged small parts)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    from ..backbones import EfficientNetLiteConfig, efficientnet_image_norm, smollm2_dir
+    from ..model.towers.efficientnet_lite import EfficientNetLiteConfig, efficientnet_image_norm
+    from ..packaged.smollm2 import smollm2_dir
 
     lm_path = str(smollm2_dir()) if m.language_model == "smollm2" else m.language_model
     lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=torch.float32)
@@ -100,10 +101,10 @@ def _build_from_parts(m):
         template=template, **extra, **_dem_overrides(m),
     )
     model = InfLlavaForConditionalGeneration(config)
-    missing, unexpected = model.language_model.load_state_dict(lm.state_dict(), strict=False)
-    if unexpected or [k for k in missing if k != "lm_head.weight"]:
-        raise ConfigError(f"{lm_path}: LM weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.language_model.tie_weights()
+    try:
+        model.load_language_model(lm)
+    except ValueError as e:
+        raise ConfigError(f"{lm_path}: {e}") from e
     if cnn:
         model.vision_tower.model.load_pretrained()
         if m.language_model == "smollm2" and not m.tokenizer:  # both backbones come from pip packages
@@ -162,16 +163,16 @@ def load_adapter(model: InfLlavaForConditionalGeneration, path: str | Path) -> N
 
         sd = load_file(str(p))
     else:
-        sd = {map_key(k): v for k, v in torch.load(str(p), map_location="cpu", weights_only=True).items()}
-    wanted = {k for k in model.state_dict() if k.startswith(("dem.", "projector."))}
-    missing, unexpected = sorted(wanted - set(sd)), sorted(set(sd) - wanted)
+        official = torch.load(str(p), map_location="cpu", weights_only=True)
+        sd = {map_key(k).removeprefix("model."): v for k, v in official.items()}
+    own = adapter_state_dict(model)
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if missing or unexpected:
         raise ConfigError(f"model.adapter {p}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    own = model.state_dict()
     for k, v in sd.items():
         if v.shape != own[k].shape:
             raise ConfigError(f"model.adapter {p}: {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
-    model.load_state_dict(sd, strict=False)
+    model.model.load_state_dict(sd, strict=False)
 
 
 NORM_FIT_IMAGES = 256  # training images whose visual features fit the projector's input statistics
@@ -196,7 +197,8 @@ def fit_projector_input_norm(model: InfLlavaForConditionalGeneration, merged_fea
 
 
 def adapter_state_dict(model: InfLlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+    """DEM + projector weights, keyed relative to `InfLlavaModel` (`dem.*`, `projector.*`): adapter.safetensors."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.model.state_dict().items()
             if k.startswith(("dem.", "projector."))}
 
 
@@ -212,9 +214,10 @@ def apply_stage(model: InfLlavaForConditionalGeneration, cfg: RunConfig) -> None
 
             lora = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
                               target_modules=list(t.lora.target_modules), bias="none")
-            model.language_model = get_peft_model(model.language_model, lora)
+            model.model.language_model = get_peft_model(model.model.language_model, lora)
         else:
             model.language_model.requires_grad_(True)
+            model.lm_head.requires_grad_(True)
             model.lm_delta = {"reason": "its language model was fine-tuned in full (train.lora.enabled false)"}
     if t.gradient_checkpointing and t.stage == "finetune":
         model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -223,6 +226,6 @@ def apply_stage(model: InfLlavaForConditionalGeneration, cfg: RunConfig) -> None
 
 def merge_lora(model: InfLlavaForConditionalGeneration) -> None:
     """Fold LoRA adapters into the LM weights so the saved model loads without peft."""
-    lm = model.language_model
+    lm = model.model.language_model
     if hasattr(lm, "merge_and_unload"):
-        model.language_model = lm.merge_and_unload()
+        model.model.language_model = lm.merge_and_unload()
