@@ -11,7 +11,7 @@ import argparse
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from infllava.evaluation.hrvqa import iter_questions, normalize_answer, score
+from infllava.evaluation.hrvqa.scoring import iter_questions, normalize_answer, score
 
 
 def main() -> None:

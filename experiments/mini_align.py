@@ -16,7 +16,8 @@ import time
 import torch
 
 from infllava.evaluation.evaluate import _tokenize
-from infllava.evaluation.hrvqa import ANSWERS, iter_questions, load_jsonl
+from infllava.evaluation.hrvqa.scenes import ANSWERS
+from infllava.evaluation.hrvqa.scoring import iter_questions, load_jsonl
 from infllava.inference import load
 from infllava.processing import load_image
 

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mini_probe import probe  # noqa: E402  (experiments/ is not a package)
 
-from infllava.evaluation.hrvqa import make_scene  # noqa: E402
+from infllava.evaluation.hrvqa.scenes import make_scene  # noqa: E402
 from infllava.inference import load  # noqa: E402
 from infllava.model.feature_cache import attach_feature_cache  # noqa: E402
 from infllava.processing import load_image  # noqa: E402

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from infllava.evaluation.hrvqa import write_subtype
+from infllava.evaluation.hrvqa.writing import write_subtype
 
 BIN = Path(sys.executable).parent
 

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from infllava.backbones import EfficientNetLiteConfig, EfficientNetLiteTower, efficientnet_image_norm
-from infllava.evaluation.hrvqa import make_sample
+from infllava.evaluation.hrvqa.rendering import make_sample
 
 S = 224
 

@@ -17,7 +17,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from infllava.evaluation.hrvqa import COLORS, SHAPES, make_scene
+from infllava.evaluation.hrvqa.scenes import COLORS, SHAPES, make_scene
 from infllava.inference import load
 from infllava.model.feature_cache import attach_feature_cache
 from infllava.processing import load_image

@@ -123,7 +123,7 @@ def _eval(args) -> int:
 
 
 def _hrvqa(args) -> int:
-    from .evaluation.hrvqa import main as hrvqa_main
+    from .evaluation.hrvqa.writing import main as hrvqa_main
 
     return hrvqa_main(args.rest)
 

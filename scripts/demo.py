@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     from transformers.utils import logging as hf_logging
 
-    from infllava.evaluation.hrvqa import normalize_answer
+    from infllava.evaluation.hrvqa.scoring import normalize_answer
     from infllava.inference import SHIPPED, ChatSession, load
     from infllava.processing import load_image
     from infllava.visualize import crops_picture

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from infllava.evaluation.hrvqa import iter_questions, normalize_answer
+from infllava.evaluation.hrvqa.scoring import iter_questions, normalize_answer
 from infllava.inference import SHIPPED
 from infllava.parts import export_parts
 

@@ -36,7 +36,7 @@ RUN="${RUNS:-runs}/mini-$VIEWS"
 if [ "$S0" = 0 ] && [ "$S1" = 0 ]; then echo "train_mini.sh: S0_EPOCHS and S1_STEPS cannot both be 0" >&2; exit 2; fi
 # (re)write the benchmark when it is missing or another generator version / size wrote it
 HAVE=$("$BIN/python" -c "import json,sys; i=json.load(open(sys.argv[1])); print(i['version'], i['splits']['train']['images'], i['splits']['test']['images'], i.get('train_every_subtype', False))" "$DATA/hrvqa.json" 2>/dev/null || true)
-WANT=$("$BIN/python" -c "from infllava.evaluation.hrvqa import HRVQA_VERSION as v; print(v, '${TRAIN_IMAGES:-1200}', '${TEST_IMAGES:-340}', True)")
+WANT=$("$BIN/python" -c "from infllava.evaluation.hrvqa.scenes import HRVQA_VERSION as v; print(v, '${TRAIN_IMAGES:-1200}', '${TEST_IMAGES:-340}', True)")
 if [ "$HAVE" != "$WANT" ]; then
   [ -z "$HAVE" ] || echo "train_mini.sh: $DATA holds HR-VQA ($HAVE), want ($WANT): rewriting it" >&2
   rm -rf "$DATA/images" "$DATA"/*.jsonl
@@ -63,7 +63,7 @@ SEEN=""
 for ST in ${S2_CURRICULUM-shape color}; do  # question types added one at a time (single-turn records of those subtypes)
   SEEN="${SEEN:+$SEEN,}$ST"
   if [ ! -f "$RUN/stage2-$ST/final/config.json" ]; then
-    "$BIN/python" -c "import sys; from infllava.evaluation.hrvqa import write_subtype as w; w(sys.argv[1], sys.argv[2].split(','), sys.argv[3])" \
+    "$BIN/python" -c "import sys; from infllava.evaluation.hrvqa.writing import write_subtype as w; w(sys.argv[1], sys.argv[2].split(','), sys.argv[3])" \
       "$DATA/train.jsonl" "$SEEN" "$RUN/curriculum/train_$ST.jsonl"
     "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" "data.path=$RUN/curriculum/train_$ST.jsonl" \
       "model.base=$BASE" "train.output_dir=$RUN/stage2-$ST" "train.max_steps=${S2_CURRICULUM_STEPS:-96}" ${FREEZE[@]+"${FREEZE[@]}"}

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from infllava.cli import main as cli_main
-from infllava.evaluation.hrvqa import write_split
+from infllava.evaluation.hrvqa.writing import write_split
 from infllava.tiny import build_tiny_model
 
 

@@ -10,20 +10,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from infllava.evaluation import hrvqa
-from infllava.evaluation.hrvqa import (
+from infllava.evaluation.hrvqa.rendering import make_sample, render_scene
+from infllava.evaluation.hrvqa.scenes import (
     ANSWERS,
     COLORS,
+    DETAIL_SUBTYPES,
+    GLOBAL_SUBTYPES,
     GRID,
     SHAPES,
+    SPLIT_SEEDS,
     VOCABULARY,
-    make_sample,
+    caption,
     make_scene,
-    normalize_answer,
-    render_scene,
-    score,
-    write_split,
 )
+from infllava.evaluation.hrvqa.scoring import iter_questions, normalize_answer, score
+from infllava.evaluation.hrvqa.writing import main as hrvqa_main
+from infllava.evaluation.hrvqa.writing import write_captions, write_split, write_subtype
 
 N = 20  # images per split in the scene-level checks
 SCENES = {split: [make_scene(split, i) for i in range(N)] for split in ("train", "test")}
@@ -52,7 +54,7 @@ def test_deterministic_per_split_and_index():
     assert not np.array_equal(np.asarray(a_img), np.asarray(c_img))
     d_img, _ = make_sample("train", 8)
     assert not np.array_equal(np.asarray(a_img), np.asarray(d_img))
-    assert len(set(hrvqa.SPLIT_SEEDS.values())) == 3
+    assert len(set(SPLIT_SEEDS.values())) == 3
 
 
 def test_image_size_and_mode():
@@ -75,7 +77,7 @@ def test_question_mix_kinds_balanced():
         kinds.update(qk)
     assert abs(kinds["detail"] - kinds["global"]) <= N // 4
     subtypes = Counter(q["subtype"] for _, q in _all_questions())
-    assert set(subtypes) <= set(hrvqa.DETAIL_SUBTYPES + hrvqa.GLOBAL_SUBTYPES)
+    assert set(subtypes) <= set(DETAIL_SUBTYPES + GLOBAL_SUBTYPES)
     assert len(subtypes) >= 6  # (20 images: practically all seven)
 
 
@@ -84,7 +86,7 @@ def test_answers_in_closed_vocabulary():
         assert q["answer"] in ANSWERS[q["subtype"]], q
         assert q["answer"] in VOCABULARY
         assert normalize_answer(q["answer"]) == q["answer"]
-        assert q["kind"] == ("detail" if q["subtype"] in hrvqa.DETAIL_SUBTYPES else "global")
+        assert q["kind"] == ("detail" if q["subtype"] in DETAIL_SUBTYPES else "global")
     assert len(COLORS) == 7 and set(SHAPES) == {"circle", "square", "triangle"}
 
 
@@ -231,17 +233,17 @@ def test_write_split_all_questions_per_record(tmp_path):
     turns = recs[0]["conversations"]
     assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
     assert sum(t["value"].count("<image>") for t in turns) == 1
-    flat_one = [(q["id"], q["answer"], q["kind"]) for q in hrvqa.iter_questions(one)]
-    flat_all = [(q["id"], q["answer"], q["kind"]) for q in hrvqa.iter_questions(allq)]
+    flat_one = [(q["id"], q["answer"], q["kind"]) for q in iter_questions(one)]
+    flat_all = [(q["id"], q["answer"], q["kind"]) for q in iter_questions(allq)]
     assert flat_one == flat_all
     assert all(not q["question"].endswith("one word.") and "<image>" not in q["question"]
-               for q in hrvqa.iter_questions(one))
+               for q in iter_questions(one))
     with pytest.raises(ValueError):
         write_split(tmp_path, "test", 1, questions_per_record="some")
 
 
 def test_main_writes_splits(tmp_path, capsys):
-    assert hrvqa.main([str(tmp_path), "--train", "2", "--val", "0", "--test", "1", "--size", "336"]) == 0
+    assert hrvqa_main([str(tmp_path), "--train", "2", "--val", "0", "--test", "1", "--size", "336"]) == 0
     assert (tmp_path / "train.jsonl").is_file() and (tmp_path / "test.jsonl").is_file()
     assert not (tmp_path / "val.jsonl").exists()
     assert Image.open(tmp_path / "images" / "test" / "000000.png").size == (336, 336)
@@ -283,7 +285,7 @@ def test_score_per_kind_and_subtype():
 
 def test_score_from_written_file(tmp_path):
     path = write_split(tmp_path, "test", 2)
-    items = list(hrvqa.iter_questions(path))
+    items = list(iter_questions(path))
     perfect = score({q["id"]: q["answer"].upper() + "." for q in items}, path)
     assert perfect["accuracy"] == 1.0 and perfect["missing"] == 0
     assert sum(v["total"] for v in perfect["by_kind"].values()) == len(items)
@@ -291,8 +293,6 @@ def test_score_from_written_file(tmp_path):
 
 
 def test_captions_list_every_object_and_the_digit(tmp_path):
-    from infllava.evaluation.hrvqa import caption, make_scene, write_captions
-
     for index in range(5):
         scene = make_scene("train", index)
         text = caption(scene)
@@ -309,35 +309,35 @@ def test_captions_list_every_object_and_the_digit(tmp_path):
 
 def test_every_subtype_adds_questions_to_the_same_scene(tmp_path):
     for index in range(12):
-        base = hrvqa.make_scene("train", index)
-        dense = hrvqa.make_scene("train", index, every_subtype=True)
+        base = make_scene("train", index)
+        dense = make_scene("train", index, every_subtype=True)
         assert dense.objects == base.objects and dense.background_seed == base.background_seed
         assert dense.questions[: len(base.questions)] == base.questions  # the 2-4 drawn ones come first
         subtypes = [q["subtype"] for q in dense.questions]
         assert len(subtypes) == len(set(subtypes))
         # every subtype unless the scene has no qualifying pair for relation / higher
-        assert set(hrvqa.DETAIL_SUBTYPES + ("count", "largest")) <= set(subtypes)
+        assert set(DETAIL_SUBTYPES + ("count", "largest")) <= set(subtypes)
     path = write_split(tmp_path, "train", 3, questions_per_record="all", every_subtype=True)
     recs = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [len(r["subtypes"]) for r in recs] == [len(hrvqa.make_scene("train", i, every_subtype=True).questions)
+    assert [len(r["subtypes"]) for r in recs] == [len(make_scene("train", i, every_subtype=True).questions)
                                                   for i in range(3)]
 
 
 def test_write_subtype_single_turn_records_of_the_asked_subtypes(tmp_path):
     src = write_split(tmp_path, "train", 4, questions_per_record="all", every_subtype=True)
-    want = [q for q in hrvqa.iter_questions(src) if q["subtype"] in ("shape", "count")]
-    n = hrvqa.write_subtype(src, ["shape", "count"], tmp_path / "sub" / "train_sc.jsonl")
+    want = [q for q in iter_questions(src) if q["subtype"] in ("shape", "count")]
+    n = write_subtype(src, ["shape", "count"], tmp_path / "sub" / "train_sc.jsonl")
     recs = [json.loads(line) for line in (tmp_path / "sub" / "train_sc.jsonl").read_text().splitlines()]
     assert n == len(recs) == len(want) == 8  # every subtype on every image: one shape + one count each
     for r, q in zip(recs, want):
         human, gpt = r["conversations"]
         assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
         assert (r["id"], r["image"], gpt["value"], r["subtype"]) == (q["id"], q["image"], q["answer"], q["subtype"])
-    assert [q["id"] for q in hrvqa.iter_questions(tmp_path / "sub" / "train_sc.jsonl")] == [q["id"] for q in want]
+    assert [q["id"] for q in iter_questions(tmp_path / "sub" / "train_sc.jsonl")] == [q["id"] for q in want]
     with pytest.raises(ValueError, match="unknown HR-VQA subtype"):
-        hrvqa.write_subtype(src, "colour", tmp_path / "x.jsonl")
+        write_subtype(src, "colour", tmp_path / "x.jsonl")
     one = write_split(tmp_path / "one", "test", 1)
     missing = {"color", "shape", "digit", "count", "relation", "higher", "largest"} - {
-        q["subtype"] for q in hrvqa.iter_questions(one)}
+        q["subtype"] for q in iter_questions(one)}
     with pytest.raises(ValueError, match="no questions of subtype"):
-        hrvqa.write_subtype(one, sorted(missing)[0], tmp_path / "y.jsonl")
+        write_subtype(one, sorted(missing)[0], tmp_path / "y.jsonl")

@@ -58,7 +58,7 @@ def test_train_mini_script_smoke(tmp_path):
     assert logb[0]["config"]["train"]["seed"] == 1 and any(r.get("step") == 1 for r in logb)
     assert log[0]["config"]["train"]["freeze_mm"] and logb[0]["config"]["train"]["freeze_mm"]
     info = json.loads((tmp_path / "hrvqa" / "hrvqa.json").read_text())
-    from infllava.evaluation.hrvqa import HRVQA_VERSION
+    from infllava.evaluation.hrvqa.scenes import HRVQA_VERSION
 
     assert info["version"] == HRVQA_VERSION and info["train_every_subtype"]  # the data the recipe trains on
     n_test = sum(1 for _ in open(tmp_path / "hrvqa" / "test.jsonl"))

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import infllava
 from infllava import InfLlavaForConditionalGeneration
-from infllava.evaluation.hrvqa import write_split
+from infllava.evaluation.hrvqa.writing import write_split
 from infllava.parts import PartsError, combine_lora, export_parts, is_parts_dir
 from infllava.training.config import load_config
 from infllava.training.trainer import train

@@ -1,9 +1,9 @@
 """`infllava eval`: answer every question of a LLaVA-format file and score it per kind.
 
 Questions are answered greedily in left-padded batches through `generate` (the same processor and
-templates as chat). Scoring is normalised exact match (`hrvqa.normalize_answer`), reported overall,
-per `kind` and per `subtype` when the records carry them. Predictions and scores are written as JSON
-so a table can be rebuilt from them.
+templates as chat). Scoring is normalised exact match (`hrvqa.scoring.normalize_answer`), reported
+overall, per `kind` and per `subtype` when the records carry them. Predictions and scores are written
+as JSON so a table can be rebuilt from them.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def evaluate(model_dir, data_path, image_root=".", out_path=None, batch_size: in
     crops (full = local crops + the centre global crop, which is also the thumbnail), so each crop of
     the test images runs through the tower once for all of them."""
     from ..inference import load
-    from .hrvqa import score
+    from .hrvqa.scoring import score
 
     records, problems = load_records(data_path)
     if problems:

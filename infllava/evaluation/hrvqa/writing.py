@@ -1,0 +1,171 @@
+"""HR-VQA writing: images and LLaVA records of a split, caption records, subtype subsets, and the
+`infllava hrvqa` command (`main`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from .rendering import make_sample
+from .scenes import (
+    ANSWERS,
+    DETAIL_SUBTYPES,
+    GLOBAL_SUBTYPES,
+    GRID,
+    HRVQA_VERSION,
+    PROMPT_SUFFIX,
+    REFERENCE_SIZE,
+    SPLIT_SEEDS,
+    caption,
+    check_args,
+    make_scene,
+    regions,
+)
+from .scoring import iter_questions
+
+__all__ = ["write_split", "write_captions", "write_subtype", "main"]
+
+
+def _human(question: str, first: bool) -> dict[str, str]:
+    return {"from": "human", "value": ("<image>\n" if first else "") + question + PROMPT_SUFFIX}
+
+
+def write_split(out_dir: str | os.PathLike, split: str, num_images: int, size: int = REFERENCE_SIZE,
+                questions_per_record: str = "one", every_subtype: bool = False) -> Path:
+    """Write `num_images` images of `split` to out_dir/images/{split}/ and their records to
+    out_dir/{split}.jsonl; returns the jsonl path.
+
+    questions_per_record="one": one single-turn record per question, id "{split}-{index}-{q}", with
+    "kind", "subtype" and "meta". "all": one multi-turn record per image, id "{split}-{index}", with
+    "kinds" and "subtypes" lists (the image placeholder only in the first turn); `iter_questions` and
+    `score` expand such records back to the per-question ids. every_subtype: one question of every
+    subtype per image (`make_scene`), for training data.
+    """
+    if questions_per_record not in ("one", "all"):
+        raise ValueError(f"questions_per_record must be 'one' or 'all', got {questions_per_record!r}")
+    check_args(split, 0, size)
+    out = Path(out_dir)
+    (out / "images" / split).mkdir(parents=True, exist_ok=True)
+    jsonl = out / f"{split}.jsonl"
+    tmp = jsonl.with_name(jsonl.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for index in range(num_images):
+            image, questions = make_sample(split, index, size, every_subtype)
+            rel = f"images/{split}/{index:06d}.png"
+            image.save(out / rel, format="PNG", compress_level=1)
+            if questions_per_record == "one":
+                for q, item in enumerate(questions):
+                    rec = {"id": f"{split}-{index}-{q}", "image": rel,
+                           "conversations": [_human(item["question"], True),
+                                             {"from": "gpt", "value": item["answer"]}],
+                           "kind": item["kind"], "subtype": item["subtype"], "meta": item["meta"]}
+                    f.write(json.dumps(rec) + "\n")
+            else:
+                turns = []
+                for q, item in enumerate(questions):
+                    turns += [_human(item["question"], q == 0), {"from": "gpt", "value": item["answer"]}]
+                rec = {"id": f"{split}-{index}", "image": rel, "conversations": turns,
+                       "kinds": [q["kind"] for q in questions], "subtypes": [q["subtype"] for q in questions]}
+                f.write(json.dumps(rec) + "\n")
+    os.replace(tmp, jsonl)
+    return jsonl
+
+
+def write_captions(out_dir: str | os.PathLike, split: str, num_images: int, size: int = REFERENCE_SIZE) -> Path:
+    """out_dir/{split}_captions.jsonl: one "<image>" -> caption record per image of the split, with the
+    objects' grounded phrases in "regions" (the images themselves are those `write_split` writes; only
+    the scenes are regenerated here)."""
+    check_args(split, 0, size)
+    path = Path(out_dir) / f"{split}_captions.jsonl"
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for index in range(num_images):
+            scene = make_scene(split, index, size)
+            rec = {"id": f"{split}-{index}-caption", "image": f"images/{split}/{index:06d}.png",
+                   "conversations": [{"from": "human", "value": "<image>"},
+                                     {"from": "gpt", "value": caption(scene)}],
+                   "regions": regions(scene)}
+            f.write(json.dumps(rec) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_subtype(src: str | os.PathLike, subtypes: str | Iterable[str], out: str | os.PathLike) -> int:
+    """Write the questions of `subtypes` from a split file (either layout) as single-turn records, each
+    with the image placeholder, to `out`; returns how many. The data of a curriculum stage (the
+    subtypes learned so far, scripts/train_mini.sh S2_CURRICULUM) and of experiments/mini_one_subtype.py."""
+    wanted = {subtypes} if isinstance(subtypes, str) else set(subtypes)
+    unknown = wanted - set(DETAIL_SUBTYPES + GLOBAL_SUBTYPES)
+    if unknown:
+        raise ValueError(f"unknown HR-VQA subtype(s) {sorted(unknown)}; expected some of "
+                         f"{list(DETAIL_SUBTYPES + GLOBAL_SUBTYPES)}")
+    rows = []
+    for q in iter_questions(src):
+        if q["subtype"] in wanted:
+            prompt = q["prompt"] if q["prompt"].startswith("<image>") else "<image>\n" + q["prompt"]
+            rows.append(json.dumps({"id": q["id"], "image": q["image"], "kind": q["kind"], "subtype": q["subtype"],
+                                    "conversations": [{"from": "human", "value": prompt},
+                                                      {"from": "gpt", "value": q["answer"]}]}) + "\n")
+    if not rows:
+        raise ValueError(f"{src}: no questions of subtype(s) {sorted(wanted)}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("".join(rows), encoding="utf-8")
+    return len(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m infllava.evaluation.hrvqa OUT --train 2000 --val 200 --test 1000 [--size 672]"""
+    p = argparse.ArgumentParser(prog="python -m infllava.evaluation.hrvqa",
+                                description="Write the procedural high-resolution VQA benchmark (HR-VQA).")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--train", type=int, default=2000, help="train images (default 2000)")
+    p.add_argument("--val", type=int, default=200, help="val images (default 200)")
+    p.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
+    p.add_argument("--size", type=int, default=REFERENCE_SIZE, help="image side in px (default 672 = 3 x 224)")
+    p.add_argument("--train-format", choices=("one", "all"), default="one",
+                   help="train records: one per question (default) or one multi-turn record per image; "
+                        "val/test are always one per question")
+    p.add_argument("--train-every-subtype", action="store_true",
+                   help="train images carry one question of every subtype (7) instead of the 2-4 that "
+                        "val/test images carry: ~2.4x the supervision per image for the same tower work")
+    p.add_argument("--captions", action="store_true",
+                   help="also write train_captions.jsonl (image -> dense scene caption, for stage-1 alignment)")
+    args = p.parse_args(argv)
+    for name in ("train", "val", "test"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name} must be >= 0")
+    try:
+        check_args("test", 0, args.size)
+    except ValueError as e:
+        p.error(str(e))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split in ("train", "val", "test"):
+        n = getattr(args, split)
+        if n == 0:
+            continue
+        fmt = args.train_format if split == "train" else "one"
+        path = write_split(out, split, n, size=args.size, questions_per_record=fmt,
+                           every_subtype=args.train_every_subtype and split == "train")
+        n_questions = sum(1 for _ in iter_questions(path))
+        written[split] = {"images": n, "questions": n_questions, "records": str(path.name)}
+        print(f"{split}: {n} images, {n_questions} questions -> {path}")
+        if split == "train" and args.captions:
+            cap = write_captions(out, split, n, size=args.size)
+            written[split]["captions"] = cap.name
+            print(f"{split}: {n} captions -> {cap}")
+    info = {"benchmark": "hrvqa", "version": HRVQA_VERSION, "size": args.size, "grid": GRID,
+            "split_seeds": SPLIT_SEEDS, "splits": written,
+            "train_every_subtype": bool(args.train_every_subtype), "prompt_suffix": PROMPT_SUFFIX,
+            "answers": {k: list(v) for k, v in ANSWERS.items()}}
+    (out / "hrvqa.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return 0
