@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import dataclasses
+import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from infllava.evaluation.hrvqa.scenes import (
     DETAIL_SUBTYPES,
     GLOBAL_SUBTYPES,
     GRID,
+    KINDS,
     SHAPES,
     SPLIT_SEEDS,
     VOCABULARY,
@@ -54,7 +57,7 @@ def test_deterministic_per_split_and_index():
     assert not np.array_equal(np.asarray(a_img), np.asarray(c_img))
     d_img, _ = make_sample("train", 8)
     assert not np.array_equal(np.asarray(a_img), np.asarray(d_img))
-    assert len(set(SPLIT_SEEDS.values())) == 3
+    assert len(set(SPLIT_SEEDS.values())) == 4
 
 
 def test_image_size_and_mode():
@@ -88,6 +91,81 @@ def test_answers_in_closed_vocabulary():
         assert normalize_answer(q["answer"]) == q["answer"]
         assert q["kind"] == ("detail" if q["subtype"] in DETAIL_SUBTYPES else "global")
     assert len(COLORS) == 7 and set(SHAPES) == {"circle", "square", "triangle"}
+
+
+def _scene_digest(split, n=5):
+    h = hashlib.sha256()
+    for i in range(n):
+        h.update(json.dumps(dataclasses.asdict(make_scene(split, i)), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def test_existing_splits_are_unchanged():
+    """The scenes (objects, questions, background seeds) of the first images of each split, as generated
+    before the held-out split was added; a change here changes the data: bump HRVQA_VERSION."""
+    assert {s: _scene_digest(s) for s in ("train", "val", "test")} == {
+        "train": "35ba233339567d2b", "val": "36934127d6fe494c", "test": "ef7c238a1bb9d040"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Held-out split
+
+
+def test_heldout_split_has_its_own_seed_and_scenes():
+    assert SPLIT_SEEDS["heldout"] == 479_909
+    assert SPLIT_SEEDS["heldout"] not in {SPLIT_SEEDS[s] for s in ("train", "val", "test")}
+    assert make_scene("heldout", 3) == make_scene("heldout", 3)  # deterministic
+    a_img, a_q = make_sample("heldout", 3)
+    b_img, b_q = make_sample("heldout", 3)
+    assert a_q == b_q and np.array_equal(np.asarray(a_img), np.asarray(b_img))
+    # no scene of the first N held-out images is a scene of another split (at any of the first N indices)
+    def layout(scene):
+        return tuple(o.bbox for o in scene.objects)
+
+    heldout = [make_scene("heldout", i) for i in range(N)]
+    others = {layout(make_scene(split, i)) for split in ("train", "val", "test") for i in range(N)}
+    assert not {layout(s) for s in heldout} & others
+    assert len({layout(s) for s in heldout}) == N
+
+
+def test_heldout_questions_come_from_the_same_machinery_as_test():
+    kinds = Counter()
+    for index in range(N):
+        for split in ("heldout", "test"):
+            qs = make_scene(split, index).questions
+            assert 2 <= len(qs) <= 4
+            # the kind order depends only on the index: the same as every other split's
+            assert [q["kind"] for q in qs] == [KINDS[(index + k) % 2] for k in range(len(qs))]
+            for q in qs:
+                assert q["answer"] in ANSWERS[q["subtype"]] and set(q) == {"question", "answer", "kind",
+                                                                              "subtype", "meta"}
+            if split == "heldout":
+                kinds.update(q["subtype"] for q in qs)
+    assert set(kinds) <= set(DETAIL_SUBTYPES + GLOBAL_SUBTYPES) and len(kinds) >= 6
+
+
+def test_main_writes_heldout_only_when_asked(tmp_path, capsys):
+    base, more = tmp_path / "base", tmp_path / "more"
+    assert hrvqa_main([str(base), "--train", "1", "--val", "0", "--test", "2", "--size", "336"]) == 0
+    assert hrvqa_main([str(more), "--train", "1", "--val", "0", "--test", "2", "--heldout", "2",
+                       "--size", "336"]) == 0
+    assert "heldout: 2 images" in capsys.readouterr().out
+    info = json.loads((base / "hrvqa.json").read_text())
+    assert "heldout" not in info["split_seeds"] and "heldout" not in info["splits"]
+    assert not (base / "heldout.jsonl").exists() and not (base / "images" / "heldout").exists()
+    info = json.loads((more / "hrvqa.json").read_text())
+    assert info["split_seeds"] == SPLIT_SEEDS
+    assert info["splits"]["heldout"]["images"] == 2 and info["splits"]["heldout"]["records"] == "heldout.jsonl"
+    # the other splits are the same files with or without it
+    for rel in ("train.jsonl", "test.jsonl", "images/test/000001.png"):
+        assert (base / rel).read_bytes() == (more / rel).read_bytes()
+    records = [json.loads(line) for line in (more / "heldout.jsonl").read_text().splitlines()]
+    assert info["splits"]["heldout"]["questions"] == len(records)
+    assert all(r["id"].startswith("heldout-") and r["image"].startswith("images/heldout/") for r in records)
+    assert all(len(r["conversations"]) == 2 for r in records)  # one question per record, as test
+    assert (more / "images" / "heldout" / "000001.png").is_file()
+    with pytest.raises(SystemExit):
+        hrvqa_main([str(tmp_path / "x"), "--heldout", "-1"])
 
 
 # ------------------------------------------------------------------------------------------------

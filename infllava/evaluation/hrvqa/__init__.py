@@ -41,11 +41,17 @@ Everything is a pure function of (split, index, size): `random.Random(f"hrvqa-{s
 and a numpy generator seeded from it; no global random state. Changing the generator changes the
 data, so `HRVQA_VERSION` is written next to the data.
 
-    infllava hrvqa OUT --train 2000 --val 200 --test 1000 [--size 672]
+Splits: train, val, test and heldout, each with its own seed (`SPLIT_SEEDS`). The held-out split
+exists because the INF-LLaVA-mini tables were chosen on the test split they report: it is generated
+exactly like test (same machinery, 2-4 questions per image, one record per question) from a seed
+used for nothing else, written only when asked for (`--heldout N`), and meant to be scored once,
+after every choice is made.
+
+    infllava hrvqa OUT --train 2000 --val 200 --test 1000 [--heldout 1000] [--size 672]
     (or: python -m infllava.evaluation.hrvqa OUT ...)
 
 writes OUT/images/{split}/{index:06d}.png, OUT/{split}.jsonl (LLaVA conversation records, one per
-question by default) and OUT/hrvqa.json (version, sizes, vocabulary).
+question by default) and OUT/hrvqa.json (version, sizes, vocabulary, split seeds and sizes).
 
 Modules, one concern each:
 

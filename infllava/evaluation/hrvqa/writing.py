@@ -121,24 +121,28 @@ def write_subtype(src: str | os.PathLike, subtypes: str | Iterable[str], out: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m infllava.evaluation.hrvqa OUT --train 2000 --val 200 --test 1000 [--size 672]"""
+    """infllava hrvqa OUT --train 2000 --val 200 --test 1000 [--heldout N] [--size 672]"""
     p = argparse.ArgumentParser(prog="python -m infllava.evaluation.hrvqa",
                                 description="Write the procedural high-resolution VQA benchmark (HR-VQA).")
     p.add_argument("out", help="output directory")
     p.add_argument("--train", type=int, default=2000, help="train images (default 2000)")
     p.add_argument("--val", type=int, default=200, help="val images (default 200)")
     p.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
+    p.add_argument("--heldout", type=int, default=0,
+                   help="held-out images (default 0: not written): generated like test from a seed of its own, "
+                        "for one final check after every choice made on val/test; never train or select on it")
     p.add_argument("--size", type=int, default=REFERENCE_SIZE, help="image side in px (default 672 = 3 x 224)")
     p.add_argument("--train-format", choices=("one", "all"), default="one",
                    help="train records: one per question (default) or one multi-turn record per image; "
-                        "val/test are always one per question")
+                        "val/test/heldout are always one per question")
     p.add_argument("--train-every-subtype", action="store_true",
                    help="train images carry one question of every subtype (7) instead of the 2-4 that "
                         "val/test images carry: ~2.4x the supervision per image for the same tower work")
     p.add_argument("--captions", action="store_true",
                    help="also write train_captions.jsonl (image -> dense scene caption, for stage-1 alignment)")
     args = p.parse_args(argv)
-    for name in ("train", "val", "test"):
+    splits = tuple(SPLIT_SEEDS)  # train, val, test, heldout
+    for name in splits:
         if getattr(args, name) < 0:
             p.error(f"--{name} must be >= 0")
     try:
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    for split in ("train", "val", "test"):
+    for split in splits:
         n = getattr(args, split)
         if n == 0:
             continue
@@ -164,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             written[split]["captions"] = cap.name
             print(f"{split}: {n} captions -> {cap}")
     info = {"benchmark": "hrvqa", "version": HRVQA_VERSION, "size": args.size, "grid": GRID,
-            "split_seeds": SPLIT_SEEDS, "splits": written,
+            # the held-out seed only where that split is written: files written without it stay as they were
+            "split_seeds": {s: seed for s, seed in SPLIT_SEEDS.items() if s != "heldout" or s in written},
+            "splits": written,
             "train_every_subtype": bool(args.train_every_subtype), "prompt_suffix": PROMPT_SUFFIX,
             "answers": {k: list(v) for k, v in ANSWERS.items()}}
     (out / "hrvqa.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
