@@ -49,7 +49,7 @@ def rank(model, proc, questions, batch: int = 16) -> dict[str, float]:
         for q in chunk:
             if q["image"] not in feats:
                 with torch.no_grad():
-                    feats[q["image"]] = model.get_image_features(proc.image_processor([load_image(f"{DATA}/{q['image']}")]))[0]
+                    feats[q["image"]] = model.image_tokens(proc.image_processor.pixels([load_image(f"{DATA}/{q['image']}")]))[0]
         prompts = [proc.chat_prompt([{"role": "user", "content": q["prompt"]}], num_images=1) for q in chunk]
         enc = _tokenize(proc, prompts)
         with torch.no_grad():

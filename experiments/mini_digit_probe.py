@@ -61,7 +61,7 @@ def collect(model, proc, split: str, n: int, target: str = "digit") -> tuple[dic
             x, y = obj.center
             Y, X = int(y * gh * h // scene.size), int(x * gw * w // scene.size)  # position in the n*h x n*w map
             with torch.no_grad():
-                model.get_image_features(proc.image_processor([load_image(f"{DATA}/images/{split}/{index:06d}.png")]))
+                model.image_tokens(proc.image_processor.pixels([load_image(f"{DATA}/images/{split}/{index:06d}.png")]))
             feats, merged, token = seen["feats"], seen["merged"], seen["token"]  # (N, T, d), (1, T, d), (1, T, D)
             k = (Y // h) * gw + X // w  # the local crop holding the centre (local crops come first)
             t = (Y // gh) * w + X // gw  # the token whose cell holds it

@@ -21,6 +21,6 @@ if len(sys.argv) > 4:
 recs, _ = load_records(data)
 b = batch(dataset(model, proc, recs[-n:]), range(n))  # the end of the file: not seen in short runs
 with torch.no_grad():
-    feats = model.get_image_features(b["pixel_values"])
+    feats = model.image_tokens(b["pixel_values"])
     out = {name: lm_loss(model, b, f).item() for name, f in (("own", feats), ("other", feats.roll(1, 0)))}
 print(model_dir, out)

@@ -43,7 +43,7 @@ def main() -> None:
     for i in range(a.images):
         scene = make_scene(a.split, i)
         with torch.no_grad():
-            feats = model.get_image_features(proc.image_processor([load_image(f"{DATA}/images/{a.split}/{i:06d}.png")]))[0]
+            feats = model.image_tokens(proc.image_processor.pixels([load_image(f"{DATA}/images/{a.split}/{i:06d}.png")]))[0]
         for o in scene.objects:
             x, y = o.center
             v = feats[min(h - 1, int(y * h // scene.size)) * w + min(w - 1, int(x * w // scene.size))]

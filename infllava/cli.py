@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .templates import template_names
+
 
 def _chat(args) -> int:
     from transformers.utils import logging as hf_logging
@@ -164,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("data", help="LLaVA conversations (.json or .jsonl)")
     dc.add_argument("--images", default=".", help="folder the image paths are relative to")
     dc.add_argument("--model", default=None, help="model dir whose tokenizer and template to use (default: tiny)")
-    dc.add_argument("--template", default=None, choices=["llama3", "plain", "chat_template"])
+    dc.add_argument("--template", default=None, choices=template_names())
     dc.add_argument("--max-length", type=int, default=2048)
     dc.add_argument("--show", type=int, default=5, help="sample ids shown per problem")
     dc.add_argument("--no-verify-images", action="store_true", help="only check that image files exist")

@@ -17,9 +17,6 @@ from typing import Literal
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-# Vision model types whose CLS token is dropped (LLaVA's `mm_vision_select_feature: patch`).
-_VISION_TYPES_WITH_CLS = {"clip_vision_model"}
-
 CLIP_VIT_L_14_336 = dict(
     model_type="clip_vision_model",
     hidden_size=1024,
@@ -98,7 +95,8 @@ class InfLlavaConfig(PreTrainedConfig):
         image_token_id: id of the placeholder token in `input_ids` that image features replace.
             It may lie outside the LM vocabulary: placeholder positions are never embedded.
         image_mean / image_std / image_pad_color: pixel normalisation and expand2square colour.
-        template: prompt template of the processor: "llama3" (official), "plain" or "chat_template".
+        template: the conversation template, a name of `infllava.templates` ("llama3": official, "plain",
+            "chat_template": the tokenizer's own).
     """
 
     model_type = "infllava"
@@ -129,7 +127,7 @@ class InfLlavaConfig(PreTrainedConfig):
     image_token_id: int = 128257
     image_mean: list[float] | tuple[float, ...] = CLIP_MEAN
     image_std: list[float] | tuple[float, ...] = CLIP_STD
-    template: Literal["llama3", "plain", "chat_template"] = "llama3"
+    template: str = "llama3"
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -151,8 +149,9 @@ class InfLlavaConfig(PreTrainedConfig):
             raise ValueError(f"views must be 'full', 'thumbnail', 'local' or 'global', got {self.views!r}")
         if self.thumbnail_merge not in THUMBNAIL_MERGE:
             raise ValueError(f"thumbnail_merge must be one of {', '.join(THUMBNAIL_MERGE)}, got {self.thumbnail_merge!r}")
-        if self.template not in ("llama3", "plain", "chat_template"):
-            raise ValueError(f"template must be 'llama3', 'plain' or 'chat_template', got {self.template!r}")
+        from .templates import get_template
+
+        get_template(self.template)  # ValueError naming the registered templates
         if self.vision_chunk_size < 1:
             raise ValueError(f"vision_chunk_size must be >= 1, got {self.vision_chunk_size}")
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
@@ -207,7 +206,9 @@ class InfLlavaConfig(PreTrainedConfig):
     def drops_cls(self) -> bool:
         if self.drop_cls is not None:
             return bool(self.drop_cls)
-        return self.vision_config.model_type in _VISION_TYPES_WITH_CLS
+        from .model.towers import tower_has_cls  # here: the towers import this module
+
+        return tower_has_cls(self.vision_config)
 
 
 def _parse_mlp_depth(projector_type: str) -> int:

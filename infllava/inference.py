@@ -1,79 +1,32 @@
-"""Loading and stateful inference, shared by the CLI, the demo and (later) serving and evaluation.
+"""Stateful inference, shared by the CLI, the demo, serving and evaluation.
 
-    model, processor = infllava.load("path/to/model")
+    model, processor = infllava.load("path/to/model")        # or "inf-llava-mini"
     print(infllava.answer(model, processor, "photo.jpg", "What is written on the sign?"))
+    print(infllava.answer(model, processor, ["a.jpg", "b.jpg"], "What differs between <image> and <image>?"))
 
-`ChatSession` encodes its image once; each turn re-prefills the conversation with the cached visual
-tokens and streams the answer token by token. Device and dtype are decided in `resolve_device_dtype`
-and nowhere else.
+`ChatSession` encodes its images once; each turn re-prefills the conversation with the cached visual
+tokens and streams the answer token by token. Loading is `infllava.loading` (one loader for every source).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from .checkpoints.official import check_shards
-from .model import InfLlavaForConditionalGeneration
-from .parts import is_parts_dir, load_parts
-from .processing import InfLlavaProcessor, load_image, tokenize_with_images
-
-STOP_STRINGS = ("<|eot_id|>", "<|im_end|>", "<|end_of_text|>")
+from .loading import SHIPPED, load_model, resolve_device_dtype  # noqa: F401  (SHIPPED: the names `load` takes)
+from .processing import is_single_image, load_image, tokenize_with_images
+from .templates import IMAGE_TOKEN
 
 
-def resolve_device_dtype(device: str | None = None, dtype: str | torch.dtype | None = None):
-    """cuda if present else cpu; bfloat16 on cuda, float32 on cpu, unless told otherwise."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype is None or dtype == "auto":
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    elif isinstance(dtype, str):
-        if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)")
-        dtype = getattr(torch, dtype)
-    return torch.device(device), dtype
-
-
-# Models that ship inside the package as parts (small deltas over pip-installed backbones), by name:
-# `infllava.load("inf-llava-mini")`, `infllava chat inf-llava-mini ...`.
-SHIPPED = {"inf-llava-mini": Path(__file__).resolve().parent / "assets" / "inf-llava-mini"}
-
-
-def load(model_dir: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None):
-    """(model, processor) from a directory written by `save_pretrained` / `infllava convert-official`,
-    or a parts directory (`infllava.parts`: small deltas assembled over packaged backbones)."""
-    path = Path(model_dir)
-    if str(model_dir) in SHIPPED and not path.exists():  # a name of a model that ships in the package
-        path = SHIPPED[str(model_dir)]
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: no config.json; not a model directory")
-    device, dtype = resolve_device_dtype(device, dtype)
-    if is_parts_dir(path):  # small shipped deltas over packaged backbones
-        model, processor = load_parts(path, dtype)
-        model.to(device)
-    else:
-        check_shards(path)
-        model = InfLlavaForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
-        processor = InfLlavaProcessor.from_pretrained(path)
-    _set_stop_tokens(model, processor)
+def load(source: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None):
+    """(model, processor) from a shipped name ("inf-llava-mini"), a full directory (`save_pretrained`,
+    `infllava export`, `infllava convert-official`) or a parts directory; see `infllava.loading`."""
+    model, processor, _ = load_model(source, device, dtype)
     return model, processor
-
-
-def _set_stop_tokens(model, processor) -> None:
-    """Generation stops at the template's end-of-turn token as well as the tokenizer's EOS."""
-    tok = processor.tokenizer
-    ids = set()
-    eos = model.generation_config.eos_token_id
-    ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tok.eos_token_id is not None:
-        ids.add(tok.eos_token_id)
-    vocab = tok.get_vocab()
-    ids.update(vocab[s] for s in STOP_STRINGS if s in vocab)
-    model.generation_config.eos_token_id = sorted(ids)
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else sorted(ids)[0]
 
 
 class _CallbackStreamer(BaseStreamer):
@@ -106,42 +59,70 @@ class _CallbackStreamer(BaseStreamer):
 
 
 class ChatSession:
-    """A multi-turn conversation about (at most) one image, whose features are computed once."""
+    """A multi-turn conversation about zero, one or several images, whose features are computed once.
 
-    def __init__(self, model: InfLlavaForConditionalGeneration, processor: InfLlavaProcessor, image=None,
-                 max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0):
+    The images fill the conversation's "<image>" placeholders in order; when no message holds one,
+    "<image>\n" per image is put at the start of the first question (LLaVA's convention for one image).
+    """
+
+    def __init__(self, model, processor, image=None, max_new_tokens: int = 256, temperature: float = 0.0,
+                 top_p: float = 1.0, images: Sequence[Any] | None = None):
         self.model, self.processor = model, processor
         self.messages: list[dict] = []
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
-        self.image = None
+        self.images: list[Any] = []
         self.image_features = None
-        if image is not None:
-            self.set_image(image)
+        if image is not None and images is not None:
+            raise ValueError("give `image` or `images`, not both")
+        if image is not None or images is not None:
+            self.set_images([image] if image is not None else images)
+
+    @property
+    def image(self):
+        """The first image (None without images)."""
+        return self.images[0] if self.images else None
 
     def set_image(self, image) -> None:
         """Use a new image (path, bytes or PIL); the conversation starts over."""
-        self.image = load_image(image) if not hasattr(image, "convert") else image
-        pixels = self.processor.image_processor([self.image])
+        self.set_images([image])
+
+    def set_images(self, images: Sequence[Any]) -> None:
+        """Use new images (paths, bytes or PIL images), in placeholder order; the conversation starts over."""
+        if is_single_image(images):
+            images = [images]
+        loaded = [load_image(im, max_pixels=self.processor.image_processor.max_pixels) for im in images]
         p = next(self.model.parameters())
+        pixels = self.processor.image_processor.pixels(loaded) if loaded else None
         with torch.inference_mode():
-            self.image_features = self.model.image_tokens(pixels.to(p.device, p.dtype))
+            self.image_features = self.model.image_tokens(pixels.to(p.device, p.dtype)) if loaded else None
+        self.images = loaded
         self.messages = []
 
     def reset(self) -> None:
         self.messages = []
 
+    def _prompt(self, messages: list[dict]) -> str:
+        n = len(self.images)
+        placed = sum(str(m["content"]).count(IMAGE_TOKEN) for m in messages)
+        if n and placed == 0:  # one "<image>\n" per image before the first question
+            first = dict(messages[0], content=(IMAGE_TOKEN + "\n") * n + messages[0]["content"])
+            messages = [first] + messages[1:]
+            placed = n
+        if placed != n:
+            raise ValueError(f"the conversation holds {placed} '{IMAGE_TOKEN}' placeholder(s) but {n} image(s) were given")
+        return self.processor.build_prompt(messages)
+
     def ask(self, question: str, on_text: Callable[[str], None] | None = None) -> str:
         """Answer one user turn; `on_text` receives the answer piece by piece as it is generated."""
         messages = self.messages + [{"role": "user", "content": question}]
-        n_images = 0 if self.image is None else 1
-        prompt = self.processor.chat_prompt(messages, num_images=n_images)
+        prompt = self._prompt(messages)
         proc = self.processor
         ids = tokenize_with_images(prompt, proc.tokenizer, proc.image_token_id, proc.num_image_tokens)
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([ids], device=device)
         attention_mask = torch.ones_like(input_ids)
         with torch.inference_mode():
-            embeds = self.model.embed_inputs(input_ids, image_features=self.image_features if n_images else None)
+            embeds = self.model.embed_inputs(input_ids, image_features=self.image_features)
             streamer = _CallbackStreamer(self.processor.tokenizer, on_text) if on_text else None
             sample = self.temperature > 0
             out = self.model.generate(
@@ -160,5 +141,8 @@ class ChatSession:
 
 def answer(model, processor, image, question: str, max_new_tokens: int = 256,
            on_text: Callable[[str], None] | None = None) -> str:
-    """One question about one image (greedy)."""
-    return ChatSession(model, processor, image, max_new_tokens=max_new_tokens).ask(question, on_text)
+    """One question about one image, or about several (a list, filling the question's "<image>"
+    placeholders in order, or put before it), greedy."""
+    if image is None or is_single_image(image):
+        return ChatSession(model, processor, image, max_new_tokens=max_new_tokens).ask(question, on_text)
+    return ChatSession(model, processor, images=list(image), max_new_tokens=max_new_tokens).ask(question, on_text)

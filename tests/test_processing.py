@@ -189,7 +189,7 @@ def test_pixel_limit(tmp_path):
         load_image(solid((100, 100)), max_pixels=50)
     proc = InfLlavaImageProcessor(size=4, grid=(1, 1), max_pixels=50)
     with pytest.raises(ImageLoadError, match="max_pixels"):
-        proc(path)
+        proc.pixels(path)
 
 
 def test_pillow_bomb_limits(tmp_path, monkeypatch):
@@ -211,8 +211,8 @@ def test_degenerate_sizes():
     for size in [(1, 1), (1, 5000)]:
         img = load_image(solid(size, RED))
         assert img.size == size
-        assert proc(img).shape == (1, 3, 12, 12)
-    assert torch.allclose(proc(solid((1, 1), RED))[0, :, 6, 6], normalized(RED), atol=1e-6)
+        assert proc.pixels(img).shape == (1, 3, 12, 12)
+    assert torch.allclose(proc.pixels(solid((1, 1), RED))[0, :, 6, 6], normalized(RED), atol=1e-6)
     sq = expand2square(load_image(solid((1, 5000), RED)), FILL)
     assert sq.size == (5000, 5000) and sq.getpixel((2499, 0)) == RED and sq.getpixel((2500, 0)) == FILL
     sq = expand2square(load_image(solid((5000, 1), RED)), FILL)
@@ -256,12 +256,12 @@ def test_expand_to_aspect_non_square_grid():
 
 def test_processor_non_square_grid():
     proc = InfLlavaImageProcessor(size=10, grid=(1, 2))  # 10 high, 20 wide
-    out = proc(solid((10, 10), RED))
+    out = proc.pixels(solid((10, 10), RED))
     assert out.shape == (1, 3, 10, 20)
     assert torch.allclose(out[0, :, 5, 10], normalized(RED), atol=1e-6)
     assert torch.allclose(out[0, :, 5, 0], normalized(FILL), atol=1e-6)
     assert torch.allclose(out[0, :, 5, 19], normalized(FILL), atol=1e-6)
-    tall = InfLlavaImageProcessor(size=10, grid=(2, 1))(solid((10, 10), RED))
+    tall = InfLlavaImageProcessor(size=10, grid=(2, 1)).pixels(solid((10, 10), RED))
     assert tall.shape == (1, 3, 20, 10)
     assert torch.allclose(tall[0, :, 0, 5], normalized(FILL), atol=1e-6)
     assert torch.allclose(tall[0, :, 10, 5], normalized(RED), atol=1e-6)
@@ -269,7 +269,7 @@ def test_processor_non_square_grid():
 
 def test_resize_mode_squashes():
     proc = InfLlavaImageProcessor(size=10, grid=(1, 1), aspect_mode="resize")
-    out = proc(solid((30, 10), RED))
+    out = proc.pixels(solid((30, 10), RED))
     assert out.shape == (1, 3, 10, 10)
     assert torch.allclose(out[0], normalized(RED)[:, None, None].expand(3, 10, 10), atol=1e-6)
     with pytest.raises(ValueError, match="aspect_mode"):
@@ -283,7 +283,7 @@ def test_pixel_values_hand_computed():
     img = Image.new("RGB", (2, 1))
     img.putpixel((0, 0), (10, 20, 30))
     img.putpixel((1, 0), (200, 100, 50))
-    out = InfLlavaImageProcessor(size=2, grid=(1, 1))(img)  # pad to 2x2 (image on row 0), no resize
+    out = InfLlavaImageProcessor(size=2, grid=(1, 1)).pixels(img)  # pad to 2x2 (image on row 0), no resize
     assert out.dtype == torch.float32 and out.shape == (1, 3, 2, 2)
     expected = torch.stack(
         [
@@ -302,7 +302,7 @@ def test_matches_clip_image_processor_for_square_grid():
     CLIPImageProcessor = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
     rng = np.random.default_rng(1)
     img = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
-    ours = InfLlavaImageProcessor(size=28, grid=(3, 3))(img)
+    ours = InfLlavaImageProcessor(size=28, grid=(3, 3)).pixels(img)
     clip = CLIPImageProcessor(
         size={"shortest_edge": 84}, crop_size={"height": 84, "width": 84}, image_mean=CLIP_MEAN, image_std=CLIP_STD
     )
@@ -314,12 +314,13 @@ def test_matches_clip_image_processor_for_square_grid():
 def test_image_processor_batch_and_dict_round_trip():
     proc = InfLlavaImageProcessor.from_config(tiny_config(grid=(2, 3)))
     assert proc.input_size == (56, 84)
-    out = proc([solid((5, 7), RED), solid((9, 3), BLUE)])
+    out = proc.pixels([solid((5, 7), RED), solid((9, 3), BLUE)])
     assert out.shape == (2, 3, 56, 84)
-    assert proc([]).shape == (0, 3, 56, 84)
+    assert proc.pixels([]).shape == (0, 3, 56, 84)
     clone = InfLlavaImageProcessor.from_dict(proc.to_dict())
     assert clone.to_dict() == proc.to_dict()
-    assert torch.equal(clone([solid((5, 7), RED), solid((9, 3), BLUE)]), out)
+    assert torch.equal(clone.pixels([solid((5, 7), RED), solid((9, 3), BLUE)]), out)
+    assert torch.equal(proc([solid((5, 7), RED), solid((9, 3), BLUE)])["pixel_values"], out)  # transformers' call
 
 
 # ------------------------------------------------------------------ prompts
@@ -533,7 +534,7 @@ def test_pad_falls_back_to_eos(tiny_tokenizer_factory):
     tok = tiny_tokenizer_factory(pad=False)
     assert tok.pad_token_id is None
     proc = InfLlavaProcessor.from_config(tiny_config(), tok)
-    out = proc(["a", "abc"])
+    out = proc(text=["a", "abc"])
     assert out["input_ids"][0, :2].tolist() == [tok.eos_token_id] * 2
 
 

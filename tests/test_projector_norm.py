@@ -62,9 +62,9 @@ def test_training_fits_the_statistics_once_and_stage_2_keeps_them(tmp_path):
     assert bool(adapter["projector.input_fitted"])
     # the same numbers from the run's initial model (same seed) over the dataset's 12 images
     set_seed(cfg.train.seed)
-    model, processor = build_model(cfg)
+    model, processor, _ = build_model(cfg)
     records = [json.loads(line) for line in data.read_text().splitlines()]
-    pixels = processor.image_processor([load_image(data.parent / r["image"]) for r in records])
+    pixels = processor.image_processor.pixels([load_image(data.parent / r["image"]) for r in records])
     with torch.no_grad():
         feats = model.encode_images(pixels).flatten(0, 1)
     torch.testing.assert_close(adapter["projector.input_mean"], feats.mean(0), atol=1e-5, rtol=1e-4)
@@ -72,7 +72,7 @@ def test_training_fits_the_statistics_once_and_stage_2_keeps_them(tmp_path):
     # saved with the model and with the adapter
     loaded = InfLlavaForConditionalGeneration.from_pretrained(final)
     torch.testing.assert_close(loaded.projector.input_mean, adapter["projector.input_mean"])
-    fresh, _ = build_model(cfg)
+    fresh, _, _ = build_model(cfg)
     assert fresh.projector.needs_fit
     load_adapter(fresh, final)
     assert not fresh.projector.needs_fit

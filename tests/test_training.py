@@ -76,7 +76,7 @@ def test_mini_stage_configs_build_the_same_model():
 @pytest.mark.parametrize("stage, lora", [("pretrain", False), ("finetune", False), ("finetune", True)])
 def test_stage_freezing(tmp_path, stage, lora):
     cfg = load_config(TINY, ["data.path=x", f"train.stage={stage}", f"train.lora.enabled={str(lora).lower()}"])
-    model, _ = build_model(cfg)
+    model, _, _ = build_model(cfg)
     apply_stage(model, cfg)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert not any(n.startswith("vision_tower.") for n in trainable)
@@ -92,7 +92,7 @@ def test_stage_freezing(tmp_path, stage, lora):
 
 def test_freeze_mm_trains_only_the_lm(tmp_path):
     cfg = load_config(TINY, ["data.path=x", "train.stage=finetune", "train.lora.enabled=true", "train.freeze_mm=true"])
-    model, _ = build_model(cfg)
+    model, _, _ = build_model(cfg)
     apply_stage(model, cfg)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("model.language_model.") and "lora_" in n for n in trainable)
@@ -102,7 +102,7 @@ def test_freeze_mm_trains_only_the_lm(tmp_path):
 
 def test_tower_runs_without_gradients():
     cfg = load_config(TINY, ["data.path=x"])
-    model, _ = build_model(cfg)
+    model, _, _ = build_model(cfg)
     apply_stage(model, cfg)
     c = model.config
     feats = model.vision_tower(torch.randn(2, 3, c.tower_image_size, c.tower_image_size))
@@ -144,7 +144,7 @@ def test_pretrain_then_finetune_then_chat(tmp_path, capsys):
     cfg2 = cfg_for(tmp_path / "s2", "train.max_steps=2", "train.stage=finetune", "train.lr=1e-4",
                    kind="qa", n=16)
     cfg2.model.preset, cfg2.model.base = None, str(final)
-    m2, _ = build_model(cfg2)
+    m2, _, _ = build_model(cfg2)
     assert torch.equal(m2.dem.fuse_norm.weight, model.dem.fuse_norm.weight)
     final2 = train(cfg2)
     from PIL import Image
@@ -173,7 +173,7 @@ def test_official_mm_projector_bin_initialises_stage_2(tmp_path):
     torch.save(sd, tmp_path / "mm_projector.bin")
     run = load_config(TINY, ["data.path=x", "train.stage=finetune", f"model.adapter={tmp_path / 'mm_projector.bin'}",
                              "model.dem_num_heads=4"])
-    model, _ = build_model(run)
+    model, _, _ = build_model(run)
     assert torch.equal(model.dem.attn.q_proj.weight, ref.spatial_embed.attention.linears[0].weight)
     assert torch.equal(model.projector.layers[2].bias, ref.mm_projector[2].bias)
 

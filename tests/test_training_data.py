@@ -24,11 +24,11 @@ from infllava.training.data import (
     collate,
     grouped_order,
 )
+from infllava.processing import tokenize_with_offsets
 from infllava.training.labels import (
     IGNORE_INDEX,
     encode_conversation,
     encode_record,
-    tokenize_with_offsets,
 )
 
 IMG = 300  # image token id: outside the tiny vocabulary, as in tiny_config
@@ -124,7 +124,7 @@ TEXTS = [
 @pytest.mark.parametrize("text", TEXTS)
 def test_tokenize_with_offsets_matches_processing(text, variant, tok, chatml_tok):
     tokenizer = {"bos": tok, "no_bos": make_tiny_tokenizer(add_bos=False), "chatml": chatml_tok}[variant]
-    ids, starts = tokenize_with_offsets(text, tokenizer, IMG, N_IMG)
+    ids, starts, _ = tokenize_with_offsets(text, tokenizer, IMG, N_IMG)
     assert ids == tokenize_with_images(text, tokenizer, IMG, N_IMG)
     assert len(starts) == len(ids)
     placeholder_positions = [i for i in range(len(text)) if text.startswith(IMAGE_PLACEHOLDER, i)]
@@ -379,9 +379,9 @@ def test_load_records_broken_json_list(tmp_path):
 class CountingProcessor(InfLlavaImageProcessor):
     calls = 0
 
-    def __call__(self, images):
+    def pixels(self, images):
         type(self).calls += 1
-        return super().__call__(images)
+        return super().pixels(images)
 
 
 @pytest.fixture

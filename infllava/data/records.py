@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..processing import IMAGE_PLACEHOLDER
+from ..templates import IMAGE_PLACEHOLDER
 
 __all__ = [
     "SAMPLE_ERROR_KINDS",

@@ -41,9 +41,9 @@ def predict(model, processor, records, image_root, batch_size: int = 8, max_new_
             paths += [resolve_image_path(p, image_root) for p in images]
         new = [p for p in dict.fromkeys(paths) if p not in cache]
         if new:
-            pixels = processor.image_processor([load_image(p) for p in new]).to(device, dtype)
+            pixels = processor.image_processor.pixels([load_image(p) for p in new]).to(device, dtype)
             with torch.inference_mode():
-                for p, f in zip(new, model.get_image_features(pixels)):
+                for p, f in zip(new, model.image_tokens(pixels)):
                     cache[p] = f
         enc = _tokenize(processor, prompts)
         input_ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)

@@ -183,8 +183,14 @@ def _block_groups(grid: tuple[int, int], h: int, w: int, offsets: tuple[tuple[in
     Query t = o*h*w + p*w + q sits at map position (n_h*p + i, n_w*q + j) for offset o = (i, j); its
     block is the local crop covering that position. Returns idx (K, M): the queries of each block,
     padded by repeating one (padded results are never read), and inv (O*h*w): where query t's result
-    lies in the flattened (K*M) output.
+    lies in the flattened (K*M) output. Built outside inference mode: the cache outlives the call, and an
+    inference tensor cannot serve a later forward that autograd tracks.
     """
+    with torch.inference_mode(False):
+        return _block_groups_uncached(grid, h, w, offsets)
+
+
+def _block_groups_uncached(grid, h, w, offsets):
     gh, gw = grid
     groups: list[list[int]] = [[] for _ in range(gh * gw)]
     for o, (i, j) in enumerate(offsets):

@@ -413,7 +413,8 @@ class InfLlavaForConditionalGeneration(InfLlavaPreTrainedModel, GenerationMixin)
 
 
 def register_auto_classes() -> None:
-    """Make the Auto classes know model_type 'infllava' (idempotent), and map the legacy key layout."""
+    """Make the Auto model classes know model_type 'infllava' (idempotent), and map the legacy key layout.
+    `infllava.auto.register` calls it with the config and processor registrations."""
     AutoConfig.register("infllava", InfLlavaConfig, exist_ok=True)
     AutoModel.register(InfLlavaConfig, InfLlavaModel, exist_ok=True)
     AutoModelForImageTextToText.register(InfLlavaConfig, InfLlavaForConditionalGeneration, exist_ok=True)

@@ -163,8 +163,8 @@ def train_align(cfg: RunConfig) -> Path:
         print(f"{final} exists: the align stage is done (delete it to run again)")
         return final
     set_seed(t.seed)
-    model, processor = build_model(cfg)
-    apply_stage(model, cfg)
+    model, processor, provenance = build_model(cfg)
+    provenance = apply_stage(model, cfg, provenance)
     if t.feature_cache:
         from ..model.feature_cache import attach_feature_cache
 
@@ -190,7 +190,7 @@ def train_align(cfg: RunConfig) -> Path:
             path = resolve_image_path(image, cfg.data.images)
             try:
                 image = load_image(path, max_pixels=ip.max_pixels)  # EXIF-transposed: the size the model sees
-                pixels = ip([image])
+                pixels = ip.pixels([image])
                 size = image.size
                 c = region_cells(rec["regions"], size, tuple(mc.grid), tuple(mc.feature_grid), ip.aspect_mode)
             except (ImageLoadError, OSError, ValueError) as e:
@@ -261,5 +261,5 @@ def train_align(cfg: RunConfig) -> Path:
             t0 = time.perf_counter()
     log.close()
     model.eval()
-    save_final(model, processor, final, save_full_model=cfg.train.save_full_model)
+    save_final(model, processor, final, provenance, save_full_model=cfg.train.save_full_model)
     return final

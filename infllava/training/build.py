@@ -9,23 +9,31 @@ The tower never trains and runs without gradients.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-from safetensors.torch import load_file
 
 from ..checkpoints.official import map_key
 from ..config import InfLlavaConfig, tiny_config
 from ..model import InfLlavaForConditionalGeneration
-from ..parts import LM_DELTA_FILE, is_parts_dir, load_parts, read_manifest
+from ..loading import Provenance, load_model
+from ..templates import default_template_for
 from ..processing import InfLlavaProcessor
 from .config import ConfigError, RunConfig
 
 ADAPTER_FILE = "adapter.safetensors"  # DEM + projector weights (our stage-1 output)
 
 
-def build_model(cfg: RunConfig):
-    """(model, processor) in float32 on CPU, stage-1 adapter loaded if given."""
+class Built(NamedTuple):
+    model: InfLlavaForConditionalGeneration
+    processor: InfLlavaProcessor
+    provenance: Provenance
+
+
+def build_model(cfg: RunConfig) -> Built:
+    """(model, processor, provenance) in float32 on CPU, stage-1 adapter loaded if given."""
     m = cfg.model
     if m.preset == "tiny":
         from ..tiny import make_tiny_tokenizer
@@ -33,32 +41,20 @@ def build_model(cfg: RunConfig):
         config = tiny_config(**_dem_overrides(m))
         model = InfLlavaForConditionalGeneration(config)
         processor = InfLlavaProcessor.from_config(config, make_tiny_tokenizer())
-    elif m.base is not None and is_parts_dir(m.base):  # a run's output over packaged backbones
-        model, processor = load_parts(m.base)
-        spec = read_manifest(m.base)
-        model.packaged = {k: spec[k] for k in ("vision_tower", "language_model")}
-        if spec.get("lora"):  # its LM holds these factors merged: the run saves them combined with its own
-            model.lm_base_lora = (load_file(str(Path(m.base) / "lora.safetensors")), spec["lora"])
-    elif m.base is not None:
-        model = InfLlavaForConditionalGeneration.from_pretrained(m.base, dtype=torch.float32)
-        base = Path(m.base)
-        if (base / LM_DELTA_FILE).exists():  # its LM changed beyond LoRA factors: so will this run's
-            model.lm_delta = json.loads((base / LM_DELTA_FILE).read_text())
-        elif (base / "lora.safetensors").exists():
-            if not (base / "lora.json").is_file():
-                raise ConfigError(f"model.base={base}: lora.safetensors without lora.json (its rank and alpha)")
-            # its LM holds these factors merged: the run saves them combined with its own (parts.combine_lora)
-            model.lm_base_lora = (load_file(str(base / "lora.safetensors")),
-                                  json.loads((base / "lora.json").read_text()))
-        processor = InfLlavaProcessor.from_pretrained(m.base)
+        provenance = Provenance("preset:tiny")
+    elif m.base is not None:  # any model infllava loads: a run's final/ (full or parts), a converted release
+        try:
+            model, processor, provenance = load_model(m.base, device="cpu", dtype=torch.float32)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"model.base: {e}") from e
     else:
-        model, processor = _build_from_parts(m)
+        model, processor, provenance = _build_from_parts(m)
     template = m.template or ("plain" if cfg.train.stage == "pretrain" else model.config.template)
     processor.template = template
     model.config.template = template
     if m.adapter:
         load_adapter(model, m.adapter)
-    return model, processor
+    return Built(model, processor, provenance)
 
 
 def _dem_overrides(m) -> dict:
@@ -85,7 +81,7 @@ def _build_from_parts(m):
     tokenizer = AutoTokenizer.from_pretrained(m.tokenizer or lm_path)
     vocab = max(lm.config.vocab_size, len(tokenizer))
     cnn = m.vision_tower.startswith("efficientnet-lite")
-    extra = {}
+    extra, packaged = {}, None
     if cnn:
         vision_cfg = EfficientNetLiteConfig(variant=m.vision_tower, stage=m.vision_stage or 6,
                                             image_size=m.vision_image_size or 224)
@@ -94,8 +90,7 @@ def _build_from_parts(m):
     else:
         vision_cfg = AutoConfig.from_pretrained(m.vision_tower)
         vision_cfg = getattr(vision_cfg, "vision_config", vision_cfg)
-    template = m.template or ("chat_template" if getattr(tokenizer, "chat_template", None)
-                              and "<|eot_id|>" not in tokenizer.get_vocab() else "llama3")
+    template = m.template or default_template_for(tokenizer)
     config = InfLlavaConfig(
         vision_config=vision_cfg.to_dict(), text_config=lm.config.to_dict(), image_token_id=vocab,
         template=template, **extra, **_dem_overrides(m),
@@ -108,7 +103,7 @@ def _build_from_parts(m):
     if cnn:
         model.vision_tower.model.load_pretrained()
         if m.language_model == "smollm2" and not m.tokenizer:  # both backbones come from pip packages
-            model.packaged = {"vision_tower": m.vision_tower, "language_model": "smollm2"}
+            packaged = {"vision_tower": m.vision_tower, "language_model": "smollm2"}
     else:
         tower = AutoModel.from_pretrained(m.vision_tower, dtype=torch.float32)
         wanted = model.vision_tower.model.state_dict()
@@ -117,7 +112,8 @@ def _build_from_parts(m):
         if absent:
             raise ConfigError(f"{m.vision_tower}: tower weights lack {absent[:5]}")
         model.vision_tower.model.load_state_dict({k: src[k] for k in wanted})
-    return model, InfLlavaProcessor.from_config(config, tokenizer)
+    return model, InfLlavaProcessor.from_config(config, tokenizer), Provenance(
+        f"{m.vision_tower} + {m.language_model}", layout="full", packaged=packaged)
 
 
 # Model choices an adapter must be loaded under (model.* keys, named as in the saved config). Most hold no
@@ -202,8 +198,10 @@ def adapter_state_dict(model: InfLlavaForConditionalGeneration) -> dict[str, tor
             if k.startswith(("dem.", "projector."))}
 
 
-def apply_stage(model: InfLlavaForConditionalGeneration, cfg: RunConfig) -> None:
-    """Freeze / unfreeze per stage; wrap the LM with LoRA when asked."""
+def apply_stage(model: InfLlavaForConditionalGeneration, cfg: RunConfig,
+                provenance: Provenance | None = None) -> Provenance | None:
+    """Freeze / unfreeze per stage; wrap the LM with LoRA when asked. Returns the provenance of what the
+    run will write (a full fine-tune of the LM records why its LM is no longer the packaged one)."""
     t = cfg.train
     model.requires_grad_(False)
     model.dem.requires_grad_(not t.freeze_mm)
@@ -218,10 +216,13 @@ def apply_stage(model: InfLlavaForConditionalGeneration, cfg: RunConfig) -> None
         else:
             model.language_model.requires_grad_(True)
             model.lm_head.requires_grad_(True)
-            model.lm_delta = {"reason": "its language model was fine-tuned in full (train.lora.enabled false)"}
+            if provenance is not None:
+                provenance = replace(provenance, lm_delta={
+                    "reason": "its language model was fine-tuned in full (train.lora.enabled false)"})
     if t.gradient_checkpointing and t.stage == "finetune":
         model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.language_model.enable_input_require_grads() if t.lora.enabled else None
+    return provenance
 
 
 def merge_lora(model: InfLlavaForConditionalGeneration) -> None:

@@ -42,7 +42,7 @@ class ModelConfig:
     dem_local_residual: bool = False  # DEM map = local map + zero-initialised gate * fusion (InfLlavaConfig)
     views: Literal["full", "thumbnail", "local", "global"] = "full"  # ablations (see InfLlavaConfig)
     thumbnail_merge: Literal["mean", "sum", "concat"] = "mean"  # thumbnail features + DEM output (see InfLlavaConfig)
-    template: Literal["llama3", "plain", "chat_template"] | None = None  # default: stage's (plain / model's)
+    template: str | None = None  # a name of infllava.templates; default: the stage's (plain / the model's)
 
 
 @dataclass
@@ -121,6 +121,11 @@ class RunConfig:
             raise ConfigError("model: model.vision_tower and model.language_model go together")
         if not self.data.path:
             raise ConfigError("data.path is required (a LLaVA .json or .jsonl file)")
+        if m.template is not None:
+            from ..templates import TEMPLATES
+
+            if m.template not in TEMPLATES:
+                raise ConfigError(f"model.template must be one of {', '.join(TEMPLATES)}, got {m.template!r}")
         if t.global_batch_size < 1 or t.micro_batch_size < 1:
             raise ConfigError("train.global_batch_size and train.micro_batch_size must be >= 1")
         if t.lr <= 0:

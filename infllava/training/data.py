@@ -155,7 +155,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
                 if not os.path.isfile(p):
                     return {"id": rid, "skip": f"missing_image: {p} not found"}
             try:
-                pixel_values = self.image_processor(paths)
+                pixel_values = self.image_processor.pixels(paths)
             except (ImageLoadError, OSError) as exc:
                 return {"id": rid, "skip": f"unreadable_image: {exc}"}
         return {

@@ -7,36 +7,40 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..loading import Provenance
+from ..templates import default_template_for
 from ..parts import LM_DELTA_FILE, combine_lora, lora_factors, write_manifest
 from .build import ADAPTER_FILE, adapter_state_dict, merge_lora
 
 __all__ = ["save_final"]
 
 
-def save_final(model, processor, final: Path, gathered: dict | None = None, save_full_model: bool = True) -> None:
-    """Write the trained `model` and its `processor` to `final`. gathered: the full state dict, from
-    the shards of a sharded run. save_full_model False: over packaged backbones whose LM changed by
-    LoRA factors at most, only the parts (config, adapter, LoRA factors, manifest)."""
+def save_final(model, processor, final: Path, provenance: Provenance, gathered: dict | None = None,
+               save_full_model: bool = True) -> None:
+    """Write the trained `model` and its `processor` to `final`. provenance: what the run started from
+    (`build_model`, updated by `apply_stage`). gathered: the full state dict, from the shards of a sharded
+    run. save_full_model False: over packaged backbones whose LM changed by LoRA factors at most, only the
+    parts (config, adapter, LoRA factors, manifest)."""
     from safetensors.torch import save_file
 
     if gathered is not None:  # sharded training: the full weights were gathered from the shards
         model.load_state_dict(gathered, strict=False, assign=True)
     final.mkdir(parents=True, exist_ok=True)
     factors, lora_meta = lora_factors(model.language_model)
-    if getattr(model, "lm_base_lora", None) is not None:  # the base's LM holds its factors merged: keep both
-        factors, lora_meta = combine_lora(model.lm_base_lora, (factors, lora_meta))
+    if provenance.lm_lora is not None:  # the base's LM holds its factors merged: keep both
+        factors, lora_meta = combine_lora(provenance.lm_lora, (factors, lora_meta))
     if factors:  # the small LM delta, for shipping over packaged backbones (infllava.parts)
         save_file(factors, str(final / "lora.safetensors"))
         (final / "lora.json").write_text(json.dumps(lora_meta))
     if processor.template == "plain":  # a training-only format; chat with the model's conversation template
-        processor.template = model.config.template = _chat_template_for(processor.tokenizer)
+        processor.template = model.config.template = default_template_for(processor.tokenizer)
     # Over packaged backbones whose LM changed by LoRA factors at most, the parts (config, adapter, LoRA
     # factors) are the whole model: a few MB instead of the frozen backbones' hundreds.
-    packaged = None if getattr(model, "lm_delta", None) else getattr(model, "packaged", None)
+    packaged = None if provenance.lm_delta else provenance.packaged
     if packaged is None or save_full_model:
         merge_lora(model)
-        if getattr(model, "lm_delta", None):
-            (final / LM_DELTA_FILE).write_text(json.dumps(model.lm_delta))
+        if provenance.lm_delta:
+            (final / LM_DELTA_FILE).write_text(json.dumps(provenance.lm_delta))
         model.requires_grad_(False)
         model.save_pretrained(final)
     else:
@@ -45,9 +49,3 @@ def save_final(model, processor, final: Path, gathered: dict | None = None, save
     save_file(adapter_state_dict(model), str(final / ADAPTER_FILE))
     if packaged is not None:
         write_manifest(final, packaged["vision_tower"], packaged["language_model"], lora_meta if factors else None)
-
-
-def _chat_template_for(tokenizer) -> str:
-    if "<|eot_id|>" in tokenizer.get_vocab():
-        return "llama3"
-    return "chat_template" if getattr(tokenizer, "chat_template", None) else "llama3"

@@ -80,8 +80,8 @@ def train(cfg: RunConfig) -> Path:
     world, rank = acc.num_processes, acc.process_index
     out = Path(t.output_dir)
     set_seed(t.seed)  # the same initial weights on every process and every run
-    model, processor = build_model(cfg)
-    apply_stage(model, cfg)
+    model, processor, provenance = build_model(cfg)
+    provenance = apply_stage(model, cfg, provenance)
     if t.feature_cache:
         from ..model.feature_cache import attach_feature_cache
 
@@ -213,9 +213,9 @@ def train(cfg: RunConfig) -> Path:
     if _is_sharded(acc):
         full = acc.get_state_dict(model)  # gathered on the main process (all processes take part)
         if acc.is_main_process:
-            save_final(acc.unwrap_model(model), processor, final, full, cfg.train.save_full_model)
+            save_final(acc.unwrap_model(model), processor, final, provenance, full, cfg.train.save_full_model)
     elif acc.is_main_process:
-        save_final(acc.unwrap_model(model), processor, final, save_full_model=cfg.train.save_full_model)
+        save_final(acc.unwrap_model(model), processor, final, provenance, save_full_model=cfg.train.save_full_model)
     acc.wait_for_everyone()
     return final
 

@@ -1,0 +1,25 @@
+"""Registration with transformers' Auto classes, done once when `infllava` is imported.
+
+After `import infllava`: `AutoConfig`, `AutoModel` (-> `InfLlavaModel`), `AutoModelForImageTextToText` (and
+`AutoModelForVision2Seq` where this transformers has it) -> `InfLlavaForConditionalGeneration`,
+`AutoImageProcessor` -> `InfLlavaImageProcessor` and `AutoProcessor` -> `InfLlavaProcessor` know
+model_type "infllava"; no `trust_remote_code`.
+"""
+
+from __future__ import annotations
+
+
+def register() -> None:
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    from .config import InfLlavaConfig
+    from .model import register_auto_classes
+    from .processing import InfLlavaImageProcessor, InfLlavaProcessor
+
+    register_auto_classes()
+    try:
+        AutoImageProcessor.register(InfLlavaConfig, image_processor_classes={"pil": InfLlavaImageProcessor},
+                                    exist_ok=True)
+    except TypeError:  # transformers before image processor backends
+        AutoImageProcessor.register(InfLlavaConfig, slow_image_processor_class=InfLlavaImageProcessor, exist_ok=True)
+    AutoProcessor.register(InfLlavaConfig, InfLlavaProcessor, exist_ok=True)

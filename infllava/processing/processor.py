@@ -1,0 +1,457 @@
+"""`InfLlavaProcessor`: conversations / prompts + images -> model inputs, a transformers `ProcessorMixin`.
+
+It owns an `InfLlavaImageProcessor` and the tokenizer (`AutoProcessor.from_pretrained(DIR)` returns it once
+`infllava` is imported), renders conversations with the template registry (`infllava.templates`), expands
+each "<image>" to `num_image_tokens` image tokens and checks that placeholders and images agree.
+
+    processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image", "path": "a.jpg"}, {"type": "text", "text": "What is it?"}]}],
+        add_generation_prompt=True, tokenize=True, return_dict=True)
+    # -> {"input_ids", "attention_mask", "pixel_values"}
+
+Images in content parts may be given as `{"type": "image", "image" | "path" | "url": ...}` (a PIL image, a
+path, bytes; "url" takes a local path or a `file://` URL: nothing is downloaded) and fill the placeholders
+in order. Several images per conversation and per turn are fine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers.processing_utils import ProcessorMixin
+
+from ..templates import IMAGE_TOKEN, get_template, processor_chat_template, render, stop_token_ids
+from .image_processor import InfLlavaImageProcessor
+from .images import is_single_image
+from .tokens import ensure_image_token, tokenize_with_images
+
+PROCESSOR_CONFIG_NAME = "processor_config.json"
+
+
+class InfLlavaProcessor(ProcessorMixin):
+    """Prompts + images -> `input_ids`, `attention_mask`, `pixel_values`.
+
+    Args:
+        image_processor: an `InfLlavaImageProcessor`.
+        tokenizer: a transformers tokenizer; "<image>" is added to it as a special token with id
+            `image_token_id` if it lacks it (`tokens.ensure_image_token`).
+        image_token_id: id written at image-feature positions (may lie outside the LM vocabulary).
+        num_image_tokens: feature tokens per image (each "<image>" expands to this many ids).
+        template: a name of the template registry ("llama3", "plain", "chat_template", ...).
+        chat_template: ignored when given: derived from `template` (one place for templates).
+    """
+
+    attributes = ["image_processor", "tokenizer"]
+    image_processor_class = "AutoImageProcessor"
+    tokenizer_class = "AutoTokenizer"
+
+    def __init__(
+        self,
+        image_processor: InfLlavaImageProcessor | None = None,
+        tokenizer: Any = None,
+        image_token_id: int | None = None,
+        num_image_tokens: int | None = None,
+        template: str = "llama3",
+        chat_template: str | None = None,
+        image_token: str = IMAGE_TOKEN,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("processor_class", None)
+        if kwargs:
+            raise TypeError(f"InfLlavaProcessor got unknown settings {sorted(kwargs)}")
+        if image_processor is None or tokenizer is None:
+            raise ValueError("InfLlavaProcessor needs an image_processor and a tokenizer")
+        if isinstance(image_processor, Mapping):  # the nested form of processor_config.json
+            image_processor = InfLlavaImageProcessor(**image_processor)
+        if image_token_id is None or num_image_tokens is None:
+            raise ValueError("InfLlavaProcessor needs image_token_id and num_image_tokens (see InfLlavaConfig)")
+        if int(num_image_tokens) < 1:
+            raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
+        get_template(template)
+        if image_token != IMAGE_TOKEN:
+            raise ValueError(f"image_token must be {IMAGE_TOKEN!r}, got {image_token!r}")
+        self.image_token = IMAGE_TOKEN
+        self.image_token_id = int(image_token_id)
+        self.num_image_tokens = int(num_image_tokens)
+        self._template = template
+        ensure_image_token(tokenizer, self.image_token_id)
+        super().__init__(image_processor, tokenizer, chat_template=processor_chat_template(template, tokenizer))
+
+    @classmethod
+    def from_config(cls, config: Any, tokenizer: Any, **image_processor_overrides: Any) -> "InfLlavaProcessor":
+        """Build from an `InfLlavaConfig` and a tokenizer."""
+        return cls(
+            InfLlavaImageProcessor.from_config(config, **image_processor_overrides),
+            tokenizer,
+            image_token_id=config.image_token_id,
+            num_image_tokens=config.num_image_tokens,
+            template=config.template,
+        )
+
+    # ---- the template ----
+    @property
+    def template(self) -> str:
+        return self._template
+
+    @template.setter
+    def template(self, name: str) -> None:
+        get_template(name)
+        self._template = name
+        self.chat_template = processor_chat_template(name, self.tokenizer)
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Ids that end an answer: the template's stop tokens and the tokenizer's eos."""
+        ids = set(stop_token_ids(self.template, self.tokenizer))
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return sorted(ids)
+
+    # ---- engines' hooks (transformers / vLLM) ----
+    def replace_image_token(self, image_inputs: dict | None = None, image_idx: int = 0, **kwargs: Any) -> str:
+        return self.image_token * self.num_image_tokens
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs: Any):
+        from transformers.processing_utils import MultiModalData
+
+        data = {}
+        if image_sizes is not None:
+            data = {"num_image_tokens": [self.num_image_tokens] * len(image_sizes),
+                    "num_image_patches": [1] * len(image_sizes)}
+        return MultiModalData(**data)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+    # ---- prompts ----
+    def build_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+        """The conversation rendered with this processor's template."""
+        return render(messages, self.template, self.tokenizer, add_generation_prompt)
+
+    def chat_prompt(
+        self, messages: Sequence[Mapping[str, Any]], num_images: int = 0, add_generation_prompt: bool = True
+    ) -> str:
+        """The prompt of one conversation that comes with `num_images` images.
+
+        If images come with it and no message holds "<image>" (as text or an image part), "<image>\\n" is
+        put at the start of the first user message (as LLaVA does). The messages are not modified.
+        """
+        msgs = [dict(m) for m in messages]
+        if num_images > 0 and not any(_placeholders(m.get("content")) for m in msgs) and msgs \
+                and msgs[0].get("role") == "user":
+            content = msgs[0].get("content")
+            if isinstance(content, (list, tuple)):
+                msgs[0]["content"] = [{"type": "image"}, *content]
+            else:
+                msgs[0]["content"] = IMAGE_TOKEN + "\n" + (content or "")
+        return self.build_prompt(msgs, add_generation_prompt)
+
+    def _insert_placeholder(self, prompt: str) -> str:
+        """Put "<image>\\n" at the start of the first user message of a rendered prompt: after the first user
+        header for llama3, else at the very start."""
+        from ..templates import LLAMA3_USER
+
+        if self.template == "llama3":
+            pos = prompt.find(LLAMA3_USER)
+            if pos >= 0:
+                pos += len(LLAMA3_USER)
+                return prompt[:pos] + IMAGE_TOKEN + "\n" + prompt[pos:]
+        return IMAGE_TOKEN + "\n" + prompt
+
+    def _assign_images(self, prompts: list[str], images: Any) -> list[list[Any]]:
+        """Split `images` into one list per prompt (see `__call__`)."""
+        n = len(prompts)
+        if images is None:
+            return [[] for _ in prompts]
+        if is_single_image(images):
+            images = [images]
+        if not isinstance(images, Sequence):
+            raise TypeError(f"images must be an image, a list of images or a list per prompt, got {type(images).__name__}")
+        images = list(images)
+        nested = any(x is None or (isinstance(x, Sequence) and not is_single_image(x)) for x in images)
+        if nested:
+            if len(images) != n:
+                raise ValueError(f"images given per prompt must have one entry per prompt: {len(images)} entries for {n} prompts")
+            return [[] if e is None else [e] if is_single_image(e) else list(e) for e in images]
+        if n == 1:
+            return [images]
+        counts = [p.count(IMAGE_TOKEN) for p in prompts]
+        if sum(counts) == 0 and len(images) == n:
+            return [[im] for im in images]  # one image per prompt, placeholders inserted later
+        if sum(counts) != len(images):
+            raise ValueError(
+                f"the prompts contain {sum(counts)} '{IMAGE_TOKEN}' placeholder(s) in total but "
+                f"{len(images)} image(s) were given"
+            )
+        out, start = [], 0
+        for c in counts:
+            out.append(images[start: start + c])
+            start += c
+        return out
+
+    def __call__(
+        self,
+        images: Any = None,
+        text: str | Sequence[str] | None = None,
+        padding_side: Literal["left", "right"] = "left",
+        return_tensors: Literal["pt"] | None = "pt",
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Tokenize already-rendered prompts and preprocess their images.
+
+        Args:
+            images: None; one image; a flat list of images, consumed in placeholder order across the
+                prompts; or a list with one entry per prompt (an image, a list of images or None). A flat
+                list of exactly one image per prompt where no prompt has a placeholder is taken as one image
+                per prompt.
+            text: one prompt or a list of prompts (see `apply_chat_template`). Given first and positionally
+                (the order of infllava before 0.2), the two are told apart by type.
+            padding_side: "left" (default, for batched generation) or "right".
+            return_tensors: "pt" for torch tensors, None for python lists (`pixel_values` is a tensor
+                either way).
+
+        A prompt with no "<image>" that gets exactly one image has "<image>\\n" inserted at the start of its
+        first user message. Every other mismatch between placeholders and images raises ValueError naming
+        both counts.
+
+        Returns:
+            dict with `input_ids` [B, L] (long), `attention_mask` [B, L] (long, 0 on padding) and, when there
+            are images, `pixel_values` [N_images, 3, H, W] in placeholder order.
+        """
+        if _is_text(images) and not _is_text(text):
+            images, text = text, images  # text given first (positionally, as infllava before 0.2 took it)
+        for unused in ("padding", "truncation", "add_special_tokens"):
+            kwargs.pop(unused, None)
+        if kwargs:
+            raise TypeError(f"InfLlavaProcessor() got unknown arguments {sorted(kwargs)}")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if return_tensors not in ("pt", None):
+            raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
+        prompts = [text] if isinstance(text, str) else list(text or [])
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("text must be a prompt string or a non-empty list of prompt strings")
+        per_prompt = self._assign_images(prompts, images)
+
+        all_images: list[Any] = []
+        sequences: list[list[int]] = []
+        for i, (prompt, imgs) in enumerate(zip(prompts, per_prompt)):
+            count = prompt.count(IMAGE_TOKEN)
+            if count == 0 and len(imgs) == 1:
+                prompt = self._insert_placeholder(prompt)
+                count = 1
+            if count != len(imgs):
+                which = f"prompt {i}" if len(prompts) > 1 else "the prompt"
+                raise ValueError(
+                    f"{which} has {count} '{IMAGE_TOKEN}' placeholder(s) but {len(imgs)} image(s) were given for it"
+                )
+            all_images.extend(imgs)
+            sequences.append(tokenize_with_images(prompt, self.tokenizer, self.image_token_id, self.num_image_tokens))
+
+        input_ids, attention_mask = self._pad(sequences, padding_side)
+        out: dict[str, Any] = {}
+        if return_tensors == "pt":
+            out["input_ids"] = torch.tensor(input_ids, dtype=torch.long)
+            out["attention_mask"] = torch.tensor(attention_mask, dtype=torch.long)
+        else:
+            out["input_ids"], out["attention_mask"] = input_ids, attention_mask
+        if all_images:
+            out["pixel_values"] = self.image_processor.pixels(all_images)
+        return out
+
+    @property
+    def pad_token_id(self) -> int | None:
+        """Padding id: the tokenizer's pad id, or its eos id when it has none."""
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(self.tokenizer, "eos_token_id", None)
+        return pad
+
+    def _pad(self, sequences: list[list[int]], side: str) -> tuple[list[list[int]], list[list[int]]]:
+        longest = max(len(s) for s in sequences)
+        pad = self.pad_token_id
+        if pad is None and any(len(s) != longest for s in sequences):
+            raise ValueError("cannot pad the batch: the tokenizer has neither a pad nor an eos token id")
+        ids, mask = [], []
+        for s in sequences:
+            n = longest - len(s)
+            if side == "left":
+                ids.append([pad] * n + s)
+                mask.append([0] * n + [1] * len(s))
+            else:
+                ids.append(s + [pad] * n)
+                mask.append([1] * len(s) + [0] * n)
+        return ids, mask
+
+    def apply_chat_template(
+        self,
+        conversation: Sequence[Mapping[str, Any]] | Sequence[Sequence[Mapping[str, Any]]],
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+        tokenize: bool = False,
+        return_dict: bool = False,
+        images: Any = None,
+        padding_side: Literal["left", "right"] = "left",
+        return_tensors: Literal["pt"] | None = "pt",
+        **kwargs: Any,
+    ):
+        """Render one conversation or a batch of them with the template; optionally tokenize.
+
+        Messages follow transformers' format: `content` a string (with "<image>" placeholders) or a list of
+        parts, `{"type": "text", "text": ...}` and `{"type": "image"}` carrying its image under "image",
+        "path" or "url" (a local path or file:// URL). Images in parts fill the placeholders in order;
+        `images` may give them instead (an image or a list for one conversation, one entry per conversation
+        for a batch). A conversation with images but no placeholder gets "<image>\\n" at the start of its
+        first user message.
+
+        Returns: the prompt text (a list for a batch) when `tokenize` is False; else the input ids (a list
+        of lists) or, with `return_dict`, the dict of `__call__` (`input_ids`, `attention_mask`,
+        `pixel_values`).
+        """
+        if chat_template is not None:
+            raise ValueError("InfLlavaProcessor renders with its template registry entry; set `template` instead "
+                             "of passing chat_template")
+        for unused in ("continue_final_message", "tools", "documents"):
+            if kwargs.get(unused):
+                raise ValueError(f"{unused} is not supported by InfLlavaProcessor.apply_chat_template")
+            kwargs.pop(unused, None)
+        batched = len(conversation) > 0 and not isinstance(conversation[0], Mapping)
+        conversations = [list(c) for c in conversation] if batched else [list(conversation)]
+        part_images = [_images_in_parts(c) for c in conversations]
+        if images is not None:
+            if any(part_images):
+                raise ValueError("give images either in the messages' content parts or as `images`, not both")
+            if not batched:
+                part_images = [[images] if is_single_image(images) else list(images)]
+            else:
+                if is_single_image(images) or len(images) != len(conversations):
+                    raise ValueError("for a batch of conversations, give images as a list with one entry per conversation")
+                part_images = [[] if e is None else [e] if is_single_image(e) else list(e) for e in images]
+        prompts = [self.chat_prompt(conv, len(imgs), add_generation_prompt)
+                   for conv, imgs in zip(conversations, part_images)]
+        if not tokenize:
+            return prompts if batched else prompts[0]
+        enc = self(images=part_images, text=prompts, padding_side=padding_side, return_tensors=return_tensors,
+                   **kwargs)
+        if return_dict:
+            return enc
+        ids = enc["input_ids"]
+        return ids.tolist() if isinstance(ids, torch.Tensor) else ids
+
+    def apply_chat(self, messages, images: Any = None, add_generation_prompt: bool = True,
+                   padding_side: Literal["left", "right"] = "left",
+                   return_tensors: Literal["pt"] | None = "pt") -> dict[str, Any]:
+        """`apply_chat_template(..., tokenize=True, return_dict=True)` (the name of infllava before 0.2)."""
+        return self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True,
+                                        return_dict=True, images=images, padding_side=padding_side,
+                                        return_tensors=return_tensors)
+
+    # ---- serialisation ----
+    def to_dict(self) -> dict[str, Any]:
+        """The content of processor_config.json."""
+        return {
+            "processor_class": type(self).__name__,
+            "image_processor": self.image_processor.to_dict(),
+            "image_token_id": self.image_token_id,
+            "num_image_tokens": self.num_image_tokens,
+            "template": self.template,
+        }
+
+    def save_pretrained(self, save_directory, **kwargs: Any) -> list[str]:
+        """processor_config.json (image processor settings nested), the tokenizer files (with "<image>") and
+        chat_template.jinja (the template's Jinja, the form engines render)."""
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(str(path))
+        (path / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
+        out = path / PROCESSOR_CONFIG_NAME
+        out.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return [str(out)]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, tokenizer: Any = None, **kwargs: Any) -> "InfLlavaProcessor":
+        """Load what `save_pretrained` wrote (and the processor_config.json of earlier infllava versions).
+
+        The tokenizer comes from the directory (`AutoTokenizer`) unless `tokenizer` is given. Raises
+        FileNotFoundError when the directory has no processor_config.json."""
+        from transformers import AutoTokenizer
+
+        path = Path(pretrained_model_name_or_path)
+        cfg_file = path / PROCESSOR_CONFIG_NAME
+        if not cfg_file.is_file():
+            raise FileNotFoundError(
+                f"{cfg_file} not found: {path} is not an InfLlavaProcessor directory (create one with "
+                f"InfLlavaProcessor.save_pretrained, or build it with InfLlavaProcessor.from_config)"
+            )
+        try:
+            data = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{cfg_file} is not readable JSON ({e})") from e
+        image_settings = data.get("image_processor")
+        if image_settings is None and (path / "preprocessor_config.json").is_file():
+            image_settings = json.loads((path / "preprocessor_config.json").read_text(encoding="utf-8"))
+        if not isinstance(image_settings, Mapping):
+            raise ValueError(f"{cfg_file}: no image processor settings")
+        for key in ("trust_remote_code", "_from_auto", "cache_dir", "local_files_only", "revision", "token"):
+            kwargs.pop(key, None)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+        return cls(
+            InfLlavaImageProcessor(**image_settings),
+            tokenizer,
+            image_token_id=data["image_token_id"],
+            num_image_tokens=data["num_image_tokens"],
+            template=data.get("template", "llama3"),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(template={self.template!r}, image_token_id={self.image_token_id}, "
+            f"num_image_tokens={self.num_image_tokens}, image_processor={self.image_processor!r}, "
+            f"tokenizer={type(self.tokenizer).__name__})"
+        )
+
+
+def _is_text(x: Any) -> bool:
+    """A prompt or a list of prompts (strings), as opposed to images (paths count as text here: pass images
+    and text by keyword when both are strings)."""
+    return isinstance(x, str) or (isinstance(x, (list, tuple)) and bool(x) and all(isinstance(t, str) for t in x))
+
+
+def _placeholders(content: Any) -> int:
+    """Number of image placeholders in a message content (text or parts)."""
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return content.count(IMAGE_TOKEN)
+    return sum(1 for p in content if isinstance(p, Mapping) and p.get("type") in ("image", "image_url")) + \
+        sum(p.get("text", "").count(IMAGE_TOKEN) for p in content if isinstance(p, Mapping) and p.get("type") == "text")
+
+
+def _images_in_parts(conversation: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The images carried by a conversation's image parts, in order (parts without one are placeholders)."""
+    out = []
+    for msg in conversation:
+        content = msg.get("content") if isinstance(msg, Mapping) else None
+        if not isinstance(content, (list, tuple)):
+            continue
+        for part in content:
+            if not isinstance(part, Mapping) or part.get("type") not in ("image", "image_url"):
+                continue
+            src = part.get("image", part.get("path", part.get("url")))
+            if part.get("type") == "image_url":
+                src = part.get("image_url")
+                src = src.get("url") if isinstance(src, Mapping) else src
+            if src is None:
+                continue
+            if isinstance(src, str) and src.startswith("file://"):
+                src = src[len("file://"):]
+            elif isinstance(src, str) and "://" in src.split("?")[0][:12]:
+                raise ValueError(f"image {src[:60]!r}: only local paths and file:// URLs are read (nothing is downloaded)")
+            out.append(src)
+    return out
