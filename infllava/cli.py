@@ -2,7 +2,9 @@
 
     infllava chat MODEL_DIR --image IMG "question"     stream one answer
     infllava chat MODEL_DIR [--image IMG]              multi-turn chat (/image PATH, /reset, /exit)
+    infllava chat MODEL --image A --image B "question"  several images (<image> placeholders, in order)
     infllava convert-official SRC DST [--vision-tower DIR]
+    infllava export MODEL DST                           one standard transformers directory
     infllava train CONFIG.yaml [section.key=value ...]
     infllava data check DATA --images DIR [--model MODEL_DIR]
     infllava eval MODEL_DIR --data test.jsonl --images DIR [--out scores.json]
@@ -23,10 +25,10 @@ def _chat(args) -> int:
     from .inference import ChatSession, load
     from .processing import load_image
 
-    image = load_image(args.image, max_pixels=args.max_pixels or None) if args.image else None  # fails before the model loads
+    images = [load_image(p, max_pixels=args.max_pixels or None) for p in args.image]  # fails before the model loads
     hf_logging.disable_progress_bar()
     model, processor = load(args.model_dir, device=args.device, dtype=args.dtype)
-    session = ChatSession(model, processor, image, max_new_tokens=args.max_new_tokens,
+    session = ChatSession(model, processor, images=images, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature)
 
     def stream(piece: str) -> None:
@@ -72,6 +74,17 @@ def _convert(args) -> int:
                               dem_num_heads=args.dem_heads, dtype=dtype)
     print(report.summary())
     print(f"wrote {args.dst} (full report: {args.dst}/conversion_report.json)")
+    return 0
+
+
+def _export(args) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from .export import export
+
+    hf_logging.disable_progress_bar()
+    out = export(args.model, args.dst, dtype=args.dtype)
+    print(f"wrote {out}: loads with AutoModelForImageTextToText / AutoProcessor after `import infllava`")
     return 0
 
 
@@ -137,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chat", help="answer questions about an image (streams the answer)")
     c.add_argument("model_dir")
     c.add_argument("question", nargs="*", help="a question; without one, an interactive chat starts")
-    c.add_argument("--image", help="image file")
+    c.add_argument("--image", action="append", default=[], metavar="IMAGE",
+                   help="image file; repeat for several images (they fill the question's <image> placeholders in "
+                        "order, or go before it)")
     c.add_argument("--max-new-tokens", type=int, default=256)
     c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     c.add_argument("--max-pixels", type=int, default=100_000_000,
@@ -154,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--dem-heads", type=int, default=8, help="DEM attention heads (official: 8)")
     v.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="cast the weights")
     v.set_defaults(func=_convert)
+
+    x = sub.add_parser("export", help="write any model infllava loads as one standard transformers directory")
+    x.add_argument("model", help="a shipped name (inf-llava-mini), a parts or a full model directory")
+    x.add_argument("dst", help="new directory to write")
+    x.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (float32)")
+    x.set_defaults(func=_export)
 
     t = sub.add_parser("train", help="train a stage (align / pretrain / finetune) from a YAML config")
     t.add_argument("config", help="YAML file (see configs/)")
