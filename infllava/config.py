@@ -30,7 +30,6 @@ CLIP_VIT_L_14_336 = dict(
     projection_dim=768,
 )
 
-DEM_DOWNSAMPLE = ("bilinear", "avgpool", "maxpool", "unshuffle", "mlpavg")  # InfLlavaConfig.dem_downsample choices
 THUMBNAIL_MERGE = ("mean", "sum", "concat")  # InfLlavaConfig.thumbnail_merge choices
 
 # OpenAI CLIP normalisation (also the pad colour of expand2square, x 255).
@@ -118,7 +117,7 @@ class InfLlavaConfig(PreTrainedConfig):
     dem_num_heads: int = 8
     dem_ffn_ratio: int = 16
     dem_share_attention: bool = True
-    dem_downsample: Literal["bilinear", "avgpool", "maxpool", "unshuffle", "mlpavg"] = "bilinear"
+    dem_downsample: str = "bilinear"
     dem_local_residual: bool = False
     views: Literal["full", "thumbnail", "local", "global"] = "full"
     thumbnail_merge: Literal["mean", "sum", "concat"] = "mean"
@@ -143,8 +142,9 @@ class InfLlavaConfig(PreTrainedConfig):
         """Raise ValueError naming the first inconsistent field."""
         if len(self.grid) != 2 or min(self.grid) < 1:
             raise ValueError(f"grid must be two positive integers (n_h, n_w), got {self.grid!r}")
-        if self.dem_downsample not in DEM_DOWNSAMPLE:
-            raise ValueError(f"dem_downsample must be one of {', '.join(DEM_DOWNSAMPLE)}, got {self.dem_downsample!r}")
+        from .model.dem import get_downsample  # here: the model imports this module
+
+        get_downsample(self.dem_downsample)  # ValueError naming the registered variants
         if self.views not in ("full", "thumbnail", "local", "global"):
             raise ValueError(f"views must be 'full', 'thumbnail', 'local' or 'global', got {self.views!r}")
         if self.thumbnail_merge not in THUMBNAIL_MERGE:

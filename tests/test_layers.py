@@ -26,6 +26,12 @@ def _modules(root: Path = PACKAGE) -> dict[str, tuple[Path, bool]]:
     return out
 
 
+def _is_type_checking_block(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and (
+        (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+        or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING"))
+
+
 def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
     """{module: the modules of the package it imports}. `from pkg import name` is an import of the
     module pkg.name when there is one, else of pkg."""
@@ -34,7 +40,12 @@ def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for mod, (path, is_pkg) in mods.items():
         deps = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        typing_only = {id(n) for block in ast.walk(tree) if _is_type_checking_block(block)
+                       for n in ast.walk(block)}  # `if TYPE_CHECKING:` imports never run
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.Import):
                 deps.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):

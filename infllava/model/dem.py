@@ -37,13 +37,16 @@ M queries per block.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import InfLlavaConfig
+if TYPE_CHECKING:  # the config asks this module for its variants: no import at run time
+    from ..config import InfLlavaConfig
 from .crops import tile_local
 
 
@@ -84,18 +87,107 @@ class BottleneckFFN(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def init_mean_of_cells(linear: nn.Linear) -> None:
+# ---------------------------------------------------------------------------------------------------
+# Downsampling variants: one registry entry each (the model, the configs and the tests ask it)
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Downsample:
+    """How the fused (B, O, h, w, d) map at the sampled cell offsets returns to (B, h, w, d).
+
+    name: the `InfLlavaConfig.dem_downsample` value.
+    reads_all: the output reads every position of each n_h x n_w cell; else only bilinear's sample points
+        (so only those offsets' global crops and attention queries are computed).
+    combine(weights_module, fused, sample_weights) -> (B, h, w, d).
+    build(O, d) -> the module holding its weights (None: none), stored on the DEM as `attr` (its
+        state-dict name). A submodule that needs its own initialisation carries it as `_infllava_init`
+        (`with_init`): the DEM applies it when built, the model's weight init whenever it initialises.
+    """
+
+    name: str
+    reads_all: bool
+    combine: Callable[[nn.Module | None, torch.Tensor, list[float]], torch.Tensor]
+    build: Callable[[int, int], nn.Module] | None = None
+    attr: str = "downsample"
+    description: str = ""
+
+
+DOWNSAMPLERS: dict[str, Downsample] = {}
+
+
+def register_downsample(variant: Downsample) -> Downsample:
+    if variant.name in DOWNSAMPLERS:
+        raise ValueError(f"dem_downsample {variant.name!r} is already registered")
+    DOWNSAMPLERS[variant.name] = variant
+    return variant
+
+
+def get_downsample(name: str) -> Downsample:
+    try:
+        return DOWNSAMPLERS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"dem_downsample must be one of {', '.join(DOWNSAMPLERS)}, got {name!r}") from None
+
+
+def _weighted_mean(_, fused: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    w = torch.tensor(weights, dtype=torch.float32, device=fused.device)
+    return (fused.float() * w.view(1, -1, 1, 1, 1)).sum(1).to(fused.dtype)
+
+
+def with_init(module: nn.Module, init: Callable[[nn.Module], None]) -> nn.Module:
+    """Mark `module` with its own initialisation (applied now, and by the model's `_init_weights`)."""
+    module._infllava_init = init
+    init(module)
+    return module
+
+
+def _init_mean_of_cells(linear: nn.Module) -> None:
     """Linear(n*d, d) := the mean of its n d-wide input blocks ([I/n, ..., I/n], zero bias)."""
-    n = linear.mean_of_cells
     d = linear.out_features
+    n = linear.in_features // d
     with torch.no_grad():
         linear.weight.copy_(torch.eye(d, dtype=linear.weight.dtype).repeat(1, n) / n)
         linear.bias.zero_()
 
 
+def _unshuffle(linear: nn.Module, fused: torch.Tensor, _) -> torch.Tensor:
+    B, O, h, w, d = fused.shape  # (B, O, h, w, d) -> (B, h, w, O*d), offsets in row-major order
+    return linear(fused.permute(0, 2, 3, 1, 4).reshape(B, h, w, O * d))
+
+
+def _zero(linear: nn.Module) -> None:
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+
+
+def _cell_mlp(O: int, d: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(d, d), nn.GELU(), with_init(nn.Linear(d, d), _zero))  # starts as avgpool
+
+
+def _mlpavg(mlp: nn.Module, fused: torch.Tensor, _) -> torch.Tensor:
+    return (fused + mlp(fused)).mean(1)
+
+
+register_downsample(Downsample(
+    "bilinear", reads_all=False, combine=_weighted_mean,
+    description="official: F.interpolate(bilinear, align_corners=False), a strided subsample for odd grids"))
+register_downsample(Downsample(
+    "avgpool", reads_all=True, combine=_weighted_mean, description="the paper's average over each cell"))
+register_downsample(Downsample(
+    "maxpool", reads_all=True, combine=lambda _, fused, __: fused.amax(1),
+    description="ours: the per-channel maximum over each cell"))
+register_downsample(Downsample(
+    "unshuffle", reads_all=True, combine=_unshuffle, build=lambda O, d: with_init(nn.Linear(O * d, d), _init_mean_of_cells),
+    description="ours: the cell's positions concatenated, a learned Linear back to d (starts as avgpool)"))
+register_downsample(Downsample(
+    "mlpavg", reads_all=True, combine=_mlpavg, attr="cell_mlp", build=_cell_mlp,
+    description="ours: the mean over each cell of x + MLP(x), one MLP for every position (starts as avgpool)"))
+
+
 def axis_samples(n: int, mode: str) -> tuple[list[int], list[float]]:
     """Offsets inside a cell of n positions that the downsampling reads, and their weights."""
-    if mode in ("avgpool", "maxpool", "unshuffle", "mlpavg"):  # every position; maxpool, unshuffle: weights unused
+    if get_downsample(mode).reads_all:
         return list(range(n)), [1.0 / n] * n
     if n % 2:  # bilinear, align_corners=False, ratio n: source n*p + (n-1)/2 exactly
         return [(n - 1) // 2], [1.0]
@@ -114,25 +206,19 @@ class DualPerspectiveEnhancement(nn.Module):
         self.ffn_local = BottleneckFFN(d, config.dem_ffn_ratio)
         self.ffn_global = BottleneckFFN(d, config.dem_ffn_ratio)
         self.fuse_norm = nn.LayerNorm(d)
-        self.max_pool = config.dem_downsample == "maxpool"
-        self.downsample = None
-        if config.dem_downsample == "unshuffle":
-            n = self.grid[0] * self.grid[1]
-            self.downsample = nn.Linear(n * d, d)
-            self.downsample.mean_of_cells = n  # the model's weight init knows it by this mark
-            init_mean_of_cells(self.downsample)
-        self.cell_mlp = None
-        if config.dem_downsample == "mlpavg":
-            self.cell_mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
-            self.cell_mlp[2].zero_init = True  # the model's weight init knows it by this mark
-            nn.init.zeros_(self.cell_mlp[2].weight)
-            nn.init.zeros_(self.cell_mlp[2].bias)
         self.local_gate = nn.Parameter(torch.zeros(d)) if config.dem_local_residual else None
+        self.variant = get_downsample(config.dem_downsample)
         rows, row_w = axis_samples(self.grid[0], config.dem_downsample)
         cols, col_w = axis_samples(self.grid[1], config.dem_downsample)
         # (i, j) offsets of the sampled positions inside each n_h x n_w cell, row-major, and weights
         self.sample_offsets = [(i, j) for i in rows for j in cols]
         self.sample_weights = [wi * wj for wi in row_w for wj in col_w]
+        if self.variant.build is not None:
+            setattr(self, self.variant.attr, self.variant.build(len(self.sample_offsets), d))
+
+    @property
+    def downsample_module(self) -> nn.Module | None:
+        return getattr(self, self.variant.attr, None) if self.variant.build is not None else None
 
     def forward(self, local_feats: torch.Tensor, global_feats: torch.Tensor) -> torch.Tensor:
         B, K, h, w, d = local_feats.shape
@@ -164,16 +250,9 @@ class DualPerspectiveEnhancement(nn.Module):
             # at the local features' own scale (the fusion is LayerNorm-ed, a CNN's features are not)
             scale = local_at.detach().float().pow(2).mean(-1, keepdim=True).sqrt().to(fused.dtype)
             fused = local_at + self.local_gate * scale * fused
-        if self.cell_mlp is not None:  # mlpavg: the same MLP at every position, then the mean over the cell
-            fused = fused + self.cell_mlp(fused)
-        if O == 1:
+        if O == 1 and self.variant.build is None:
             return fused[:, 0]
-        if self.max_pool:
-            return fused.amax(1)
-        if self.downsample is not None:  # (B, O, h, w, d) -> (B, h, w, O*d), offsets in row-major order
-            return self.downsample(fused.permute(0, 2, 3, 1, 4).reshape(B, h, w, O * d))
-        weights = torch.tensor(self.sample_weights, dtype=torch.float32, device=fused.device)
-        return (fused.float() * weights.view(1, O, 1, 1, 1)).sum(1).to(fused.dtype)
+        return self.variant.combine(self.downsample_module, fused, self.sample_weights)
 
 
 @lru_cache(maxsize=64)

@@ -40,7 +40,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutpu
 
 from ..config import InfLlavaConfig
 from .crops import global_crop, local_crops, resize_input, thumbnail, tile_local
-from .dem import DualPerspectiveEnhancement, init_mean_of_cells
+from .dem import DualPerspectiveEnhancement
 from .projector import Projector
 from .vision_tower import VisionTower
 
@@ -106,11 +106,8 @@ class InfLlavaPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         std = getattr(self.config.get_text_config(), "initializer_range", 0.02)
-        if isinstance(module, nn.Linear) and hasattr(module, "mean_of_cells"):
-            init_mean_of_cells(module)  # the DEM's unshuffle downsample starts as avgpool
-        elif isinstance(module, nn.Linear) and getattr(module, "zero_init", False):
-            module.weight.data.zero_()  # the last layer of the DEM's mlpavg cell MLP: starts as avgpool
-            module.bias.data.zero_()
+        if getattr(module, "_infllava_init", None) is not None:  # a DEM variant's own start (dem.with_init)
+            module._infllava_init(module)
         elif isinstance(module, DualPerspectiveEnhancement):
             if module.local_gate is not None:
                 module.local_gate.data.zero_()  # dem_local_residual: starts as the local view

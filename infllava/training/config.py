@@ -38,7 +38,7 @@ class ModelConfig:
     dem_num_heads: int | None = None  # None: the preset's / InfLlavaConfig's default (8)
     dem_ffn_ratio: int | None = None  # None: the preset's / InfLlavaConfig's default (16)
     dem_share_attention: bool = True
-    dem_downsample: Literal["bilinear", "avgpool", "maxpool", "unshuffle", "mlpavg"] = "bilinear"
+    dem_downsample: str = "bilinear"  # a variant of infllava.model.dem's registry (see InfLlavaConfig)
     dem_local_residual: bool = False  # DEM map = local map + zero-initialised gate * fusion (InfLlavaConfig)
     views: Literal["full", "thumbnail", "local", "global"] = "full"  # ablations (see InfLlavaConfig)
     thumbnail_merge: Literal["mean", "sum", "concat"] = "mean"  # thumbnail features + DEM output (see InfLlavaConfig)
@@ -121,6 +121,10 @@ class RunConfig:
             raise ConfigError("model: model.vision_tower and model.language_model go together")
         if not self.data.path:
             raise ConfigError("data.path is required (a LLaVA .json or .jsonl file)")
+        from ..model.dem import DOWNSAMPLERS
+
+        if m.dem_downsample not in DOWNSAMPLERS:
+            raise ConfigError(f"model.dem_downsample must be one of {', '.join(DOWNSAMPLERS)}, got {m.dem_downsample!r}")
         if m.template is not None:
             from ..templates import TEMPLATES
 
