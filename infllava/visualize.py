@@ -16,7 +16,7 @@ def crops_picture(image, image_processor, out_path: str | Path, gap: int = 6) ->
 
     padded = image_processor.preprocess_pil(image)  # PIL, n_h*S x n_w*S, before normalisation
     gh, gw = image_processor.grid
-    S = image_processor.size
+    S = image_processor.tower_size
     x = torch.from_numpy(__import__("numpy").asarray(padded).copy()).permute(2, 0, 1)[None]  # (1, 3, H, W) uint8
     loc = local_crops(x, (gh, gw))[0]
     glo = global_crops(x, (gh, gw))[0]
