@@ -164,7 +164,8 @@ def _body(template: ChatTemplate, tokenizer: Any) -> str:
             f"template={template.name!r} but the tokenizer ({type(tokenizer).__name__}) has no chat template; "
             f"use template='llama3' or set tokenizer.chat_template"
         )
-    return own
+    # a tokenizer saved beside a processor reads the processor's template (chat_template.jinja) back
+    return own[len(_CONTENT_PARTS_PREAMBLE):] if own.startswith(_CONTENT_PARTS_PREAMBLE) else own
 
 
 def processor_chat_template(name: str, tokenizer: Any = None) -> str:

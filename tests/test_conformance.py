@@ -359,3 +359,22 @@ def test_public_api():
                  "InfLlavaImageProcessor", "load", "answer", "ChatSession"):
         assert hasattr(infllava, name) and name in infllava.__all__
     assert InfLlavaConfig is infllava.InfLlavaConfig
+
+
+@pytest.mark.parametrize("name", [n for n in TEMPLATES if n != "plain"])
+def test_engines_render_what_we_render(name, tmp_path):
+    """The processor's saved chat template, rendered by transformers' own tokenizer.apply_chat_template on
+    content parts (what an engine does with the exported directory), gives our prompt."""
+    processor = InfLlavaProcessor.from_config(tiny_config(template=name), chatml_tokenizer())
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Two?"}, {"type": "image"}]},
+            {"role": "assistant", "content": "yes"},
+            {"role": "user", "content": [{"type": "text", "text": "Sure?"}]}]
+    ours = processor.apply_chat_template(msgs)
+    processor.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == ours
+    assert ours.count("<image>") == 2 and "<image>\nTwo?\n<image>" in ours
+    again = InfLlavaProcessor.from_pretrained(tmp_path)  # saving and loading does not stack the template
+    assert again.chat_template == processor.chat_template and again.apply_chat_template(msgs) == ours
