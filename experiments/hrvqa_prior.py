@@ -2,7 +2,7 @@
 subtype, and never look at the image. A model that does not use the image lands here (or, for
 "higher", at ~50% by naming one of the two colours in the question).
 
-    python experiments/hrvqa_prior.py [--data .cache/hrvqa]
+    python experiments/hrvqa_prior.py [--data .cache/hrvqa] [--split test | heldout] [--train-data DIR]
 """
 
 from __future__ import annotations
@@ -17,15 +17,17 @@ from infllava.evaluation.hrvqa.scoring import iter_questions, normalize_answer, 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=".cache/hrvqa")
+    p.add_argument("--split", default="test", help="the split scored (test or heldout)")
+    p.add_argument("--train-data", default=None, help="folder of the train.jsonl the majority comes from (default --data)")
     args = p.parse_args()
     data = Path(args.data)
     counts: dict[str, Counter] = defaultdict(Counter)
-    for q in iter_questions(data / "train.jsonl"):
+    for q in iter_questions(Path(args.train_data or data) / "train.jsonl"):
         counts[q["subtype"]][normalize_answer(q["answer"])] += 1
     majority = {st: c.most_common(1)[0][0] for st, c in counts.items()}
-    test = list(iter_questions(data / "test.jsonl"))
-    s = score({q["id"]: majority[q["subtype"]] for q in test}, data / "test.jsonl")
-    print(f"majority-answer baseline on {s['total']} test questions: {100 * s['accuracy']:.1f}% overall; "
+    split = data / f"{args.split}.jsonl"
+    s = score({q["id"]: majority[q["subtype"]] for q in iter_questions(split)}, split)
+    print(f"majority-answer baseline on {s['total']} {args.split} questions: {100 * s['accuracy']:.1f}% overall; "
           + "; ".join(f"{k} {100 * v['accuracy']:.1f}%" for k, v in sorted(s["by_kind"].items())))
     print("  " + "  ".join(f"{k} {100 * v['accuracy']:.1f}%" for k, v in sorted(s["by_subtype"].items())))
 
