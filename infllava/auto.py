@@ -1,7 +1,8 @@
 """Registration with transformers' Auto classes, done once when `infllava` is imported.
 
-After `import infllava`: `AutoConfig`, `AutoModel` (-> `InfLlavaModel`), `AutoModelForImageTextToText` (and
-`AutoModelForVision2Seq` where this transformers has it) -> `InfLlavaForConditionalGeneration`,
+After `import infllava`: `AutoConfig`, `AutoModel` (-> `InfLlavaModel`), `AutoModelForImageTextToText`,
+`AutoModelForCausalLM` (and `AutoModelForVision2Seq` where this transformers has it) ->
+`InfLlavaForConditionalGeneration`,
 `AutoImageProcessor` -> `InfLlavaImageProcessor` and `AutoProcessor` -> `InfLlavaProcessor` know
 model_type "infllava"; no `trust_remote_code`.
 """

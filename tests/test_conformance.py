@@ -99,6 +99,9 @@ def test_get_image_features_and_forward_follow_llava(tiny):
 def test_auto_classes_round_trip(tiny, tmp_path):
     d, model, processor = tiny
     assert type(AutoModel.from_pretrained(d)) is InfLlavaModel
+    from transformers import AutoModelForCausalLM
+
+    assert type(AutoModelForCausalLM.from_pretrained(d)) is InfLlavaForConditionalGeneration
     auto = AutoModelForImageTextToText.from_pretrained(d).eval()
     assert type(auto) is InfLlavaForConditionalGeneration
     proc = AutoProcessor.from_pretrained(d)

@@ -32,6 +32,7 @@ import torch.nn as nn
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForImageTextToText,
     GenerationMixin,
     PreTrainedModel,
@@ -421,6 +422,8 @@ def register_auto_classes() -> None:
         AutoModelForVision2Seq.register(InfLlavaConfig, InfLlavaForConditionalGeneration, exist_ok=True)
     except (ImportError, ValueError):
         pass
+    # code that loads "a generating model" by AutoModelForCausalLM (lmms-eval's HF wrappers) gets the whole VLM
+    AutoModelForCausalLM.register(InfLlavaConfig, InfLlavaForConditionalGeneration, exist_ok=True)
     _register_legacy_renames()
 
 
