@@ -18,7 +18,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from .loading import SHIPPED, load_model, resolve_device_dtype  # noqa: F401  (SHIPPED: the names `load` takes)
-from .processing import is_single_image, load_image, tokenize_with_images
+from .processing import is_single_image, load_image
 from .templates import IMAGE_TOKEN
 
 
@@ -103,23 +103,18 @@ class ChatSession:
 
     def _prompt(self, messages: list[dict]) -> str:
         n = len(self.images)
-        placed = sum(str(m["content"]).count(IMAGE_TOKEN) for m in messages)
-        if n and placed == 0:  # one "<image>\n" per image before the first question
-            first = dict(messages[0], content=(IMAGE_TOKEN + "\n") * n + messages[0]["content"])
-            messages = [first] + messages[1:]
-            placed = n
+        prompt = self.processor.chat_prompt(messages, num_images=n)
+        placed = prompt.count(IMAGE_TOKEN)
         if placed != n:
             raise ValueError(f"the conversation holds {placed} '{IMAGE_TOKEN}' placeholder(s) but {n} image(s) were given")
-        return self.processor.build_prompt(messages)
+        return prompt
 
     def ask(self, question: str, on_text: Callable[[str], None] | None = None) -> str:
         """Answer one user turn; `on_text` receives the answer piece by piece as it is generated."""
         messages = self.messages + [{"role": "user", "content": question}]
         prompt = self._prompt(messages)
-        proc = self.processor
-        ids = tokenize_with_images(prompt, proc.tokenizer, proc.image_token_id, proc.num_image_tokens)
         device = next(self.model.parameters()).device
-        input_ids = torch.tensor([ids], device=device)
+        input_ids = self.processor.tokenize_prompts([prompt])["input_ids"].to(device)
         attention_mask = torch.ones_like(input_ids)
         with torch.inference_mode():
             embeds = self.model.embed_inputs(input_ids, image_features=self.image_features)

@@ -44,6 +44,8 @@ class Provenance:
         packaged LM must keep (`parts.combine_lora`); None when there are none.
     lm_delta: why the LM differs from its packaged one in a way LoRA factors do not hold (full
         fine-tuning); such a model cannot be shipped as parts. None otherwise.
+    template: the conversation template the model chats in, as loaded; a training stage in a training-only
+        template (plain) hands it back to the model it saves.
     """
 
     source: str
@@ -52,6 +54,7 @@ class Provenance:
     packaged: dict[str, str] | None = None
     lm_lora: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = field(default=None, repr=False)
     lm_delta: dict[str, Any] | None = None
+    template: str | None = None  # the conversation template the model chats in (kept across a training-only one)
 
 
 class LoadedModel(NamedTuple):
@@ -123,8 +126,8 @@ def load_model(source: str | Path, device: str | None = None, dtype: str | torch
             from safetensors.torch import load_file
 
             lora = (load_file(str(path / "lora.safetensors")), spec["lora"])
-        provenance = Provenance(str(source), path, "parts",
-                                packaged={k: spec[k] for k in ("vision_tower", "language_model")}, lm_lora=lora)
+        provenance = Provenance(str(source), path, "parts", packaged={k: spec[k] for k in ("vision_tower",
+                                "language_model")}, lm_lora=lora, template=model.config.template)
     else:
         check_shards(path)
         model = InfLlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
@@ -139,7 +142,8 @@ def load_model(source: str | Path, device: str | None = None, dtype: str | torch
 
             # its LM holds these factors merged: a run from it saves them combined with its own
             lora = (load_file(str(path / "lora.safetensors")), json.loads((path / "lora.json").read_text()))
-        provenance = Provenance(str(source), path, "full", lm_lora=lora, lm_delta=lm_delta)
+        provenance = Provenance(str(source), path, "full", lm_lora=lora, lm_delta=lm_delta,
+                                template=model.config.template)
     model.to(device).eval()
     set_stop_tokens(model, processor)
     return LoadedModel(model, processor, provenance)

@@ -148,6 +148,7 @@ def load_parts(path: str | Path, dtype: torch.dtype = torch.float32):
     from .packaged.smollm2 import smollm2_dir
     from .config import InfLlavaConfig
     from .model import InfLlavaForConditionalGeneration
+    from .model.towers import packaged_tower_config
     from .processing import InfLlavaProcessor
 
     path = Path(path)
@@ -158,14 +159,14 @@ def load_parts(path: str | Path, dtype: torch.dtype = torch.float32):
             raise PartsError(f"{f} is missing")
         if sha256(f) != digest:
             raise PartsError(f"{f} is corrupt: its sha256 does not match {PARTS_FILE} (re-download or re-export it)")
-    if spec["language_model"] != "smollm2" or not spec["vision_tower"].startswith("efficientnet-lite"):
+    if spec["language_model"] != "smollm2" or packaged_tower_config(spec["vision_tower"]) is None:
         raise PartsError(f"{path}: unsupported packaged parts {spec['vision_tower']!r} / {spec['language_model']!r}")
 
     config = InfLlavaConfig.from_pretrained(path)
     model = InfLlavaForConditionalGeneration(config)
     lm_dir = smollm2_dir()
     model.load_language_model(AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32))
-    model.vision_tower.model.load_pretrained()
+    model.vision_tower.load_pretrained()
     load_adapter_weights(model, load_file(str(path / "adapter.safetensors")), f"{path}/adapter.safetensors")
     if "lora.safetensors" in spec["sha256"]:
         _merge_lora(model.language_model, load_file(str(path / "lora.safetensors")), spec["lora"])
@@ -182,9 +183,12 @@ def load_adapter_weights(model, adapter: dict[str, torch.Tensor], name: str) -> 
                          f"missing {[k for k in missing if k.startswith(('dem.', 'projector.'))][:3]}")
 
 
-def lora_module_name(name: str) -> str:
+def lora_module_name(name: str, modules: dict | None = None) -> str:
     """A LoRA factor's module name relative to the base LM (`layers.0.self_attn.q_proj`). Factors written
-    before `InfLlavaModel` named it relative to the causal LM (`model.layers.0...`): the prefix goes."""
+    before `InfLlavaModel` named it relative to the causal LM (`model.layers.0...`): the prefix goes
+    (unless `modules`, the base LM's named modules, has the name as it is)."""
+    if modules is not None and name in modules:
+        return name
     return name.removeprefix("model.")
 
 
@@ -196,7 +200,7 @@ def _merge_lora(lm, factors: dict[str, torch.Tensor], meta: dict) -> None:
     ranks = meta.get("ranks") or [meta["r"]]
     modules = dict(lm.named_modules())
     for key in [k for k in factors if k.endswith(".lora_A")]:
-        name = lora_module_name(key[: -len(".lora_A")])
+        name = lora_module_name(key[: -len(".lora_A")], modules)
         key = key[: -len(".lora_A")]
         if name not in modules:
             raise PartsError(f"lora.safetensors: module {name} not found in the language model")

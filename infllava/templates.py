@@ -62,11 +62,20 @@ _CONTENT_PARTS_PREAMBLE = (
     "{%- set messages = ns.msgs -%}"
 )
 
+_LLAMA3_SYSTEM_HEADER, _LLAMA3_SYSTEM_TEXT = LLAMA3_SYSTEM.split("\n\n", 1)
+_LLAMA3_SYSTEM_HEADER += "\n\n"
+
 _LLAMA3_JINJA = (
-    "{{- " + _jinja_str(LLAMA3_SYSTEM + LLAMA3_SEP) + " -}}"
+    # a leading system message replaces the default system text (LLaVA's conv_llama3.system)
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{{- " + _jinja_str(_LLAMA3_SYSTEM_HEADER) + " + messages[0]['content'] + " + _jinja_str(LLAMA3_SEP) + " -}}"
+    "{%- set messages = messages[1:] -%}"
+    "{%- else -%}{{- " + _jinja_str(LLAMA3_SYSTEM + LLAMA3_SEP) + " -}}{%- endif -%}"
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'user' -%}{%- set role = " + _jinja_str(LLAMA3_USER) + " -%}"
-    "{%- else -%}{%- set role = " + _jinja_str(LLAMA3_ASSISTANT) + " -%}{%- endif -%}"
+    "{%- elif message['role'] == 'assistant' -%}{%- set role = " + _jinja_str(LLAMA3_ASSISTANT) + " -%}"
+    "{%- else -%}{{- raise_exception('unknown role ' + message['role'] + ': the llama3 template takes one "
+    "optional system message, then user / assistant turns') -}}{%- endif -%}"
     # as in LLaVA, a message with empty content renders as its bare role (no separator)
     "{%- if message['content'] -%}{{- role + message['content'] + " + _jinja_str(LLAMA3_SEP) + " -}}"
     "{%- else -%}{{- role -}}{%- endif -%}"
@@ -77,8 +86,8 @@ _LLAMA3_JINJA = (
 # Stage-1 captioning (LLaVA's conv_llava_plain): the user turn is replaced by one image, the caption
 # follows it directly and ends with "\n".
 _PLAIN_JINJA = (
-    "{%- if messages | length > 2 -%}{{- raise_exception('the plain template is single-turn "
-    "(one user message, optionally one caption)') -}}{%- endif -%}"
+    "{%- if messages | length > 2 or messages[0]['role'] != 'user' -%}{{- raise_exception('the plain template is "
+    "single-turn (one user message, optionally one caption)') -}}{%- endif -%}"
     "{{- " + _jinja_str(IMAGE_TOKEN) + " -}}"
     "{%- if messages | length == 2 and messages[1]['content'] -%}{{- messages[1]['content'] + '\\n' -}}{%- endif -%}"
 )
@@ -90,19 +99,29 @@ class ChatTemplate:
 
     name: the key configs and processors use (`InfLlavaConfig.template`).
     jinja: the template body for string contents; None: the tokenizer's own chat template.
+    tokenizer_prefix: the text starts with what the tokenizer puts before any text (its BOS, when it
+        adds one), as LLaVA's tokenization produced it; the rendered text then carries every special
+        token and is tokenized without adding any (as transformers tokenizes chat templates). The
+        official llama3 prompt so starts with two BOS tokens, as the released model was trained.
     stop_strings: texts that end an answer (their token ids join the generation's eos ids).
     keep_trailing_whitespace: the supervised span of an answer keeps the whitespace the template puts
         after it (plain: the caption's "\\n", which LLaVA supervises); otherwise it is stripped (a chat
         template's "\\n" after its end-of-turn token belongs to the next turn's rendering).
     max_messages: at most this many messages (plain: 2).
+    images_per_sample: a training sample must hold exactly this many images (plain: 1); None: any.
+    training_only: a format for a training stage, not for chatting (plain); a model trained in it chats in
+        the template it had before (or `default_template_for` its tokenizer).
     description: one line for `--help` and errors.
     """
 
     name: str
     jinja: str | None
     stop_strings: tuple[str, ...] = ()
+    tokenizer_prefix: bool = False
     keep_trailing_whitespace: bool = False
     max_messages: int | None = None
+    images_per_sample: int | None = None
+    training_only: bool = False
     description: str = ""
 
 
@@ -118,11 +137,12 @@ def register_template(template: ChatTemplate) -> ChatTemplate:
 
 
 register_template(ChatTemplate(
-    "llama3", _LLAMA3_JINJA, stop_strings=(LLAMA3_SEP, "<|end_of_text|>"),
+    "llama3", _LLAMA3_JINJA, stop_strings=(LLAMA3_SEP, "<|end_of_text|>"), tokenizer_prefix=True,
     description="the official INF-LLaVA conversation (LLaVA MPT style with LLaMA-3 headers)",
 ))
 register_template(ChatTemplate(
-    "plain", _PLAIN_JINJA, stop_strings=("\n",), keep_trailing_whitespace=True, max_messages=2,
+    "plain", _PLAIN_JINJA, stop_strings=("\n",), tokenizer_prefix=True, keep_trailing_whitespace=True,
+    max_messages=2, images_per_sample=1, training_only=True,
     description="stage-1 captioning: <image> + caption + newline",
 ))
 register_template(ChatTemplate(
@@ -168,10 +188,26 @@ def _body(template: ChatTemplate, tokenizer: Any) -> str:
     return own[len(_CONTENT_PARTS_PREAMBLE):] if own.startswith(_CONTENT_PARTS_PREAMBLE) else own
 
 
+def tokenizer_prefix_text(tokenizer: Any) -> str:
+    """The text of the tokens `tokenizer` puts before any text it encodes (e.g. "<|begin_of_text|>" for
+    LLaMA-3, "<s>" for LLaMA-2; "" for SmolLM2, whose tokenizer adds nothing)."""
+    if tokenizer is None:
+        return ""
+    plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    full = list(tokenizer("a")["input_ids"])
+    for start in range(len(full) - len(plain) + 1):
+        if full[start: start + len(plain)] == plain:
+            return "".join(tokenizer.convert_ids_to_tokens(full[:start]))
+    return ""
+
+
 def processor_chat_template(name: str, tokenizer: Any = None) -> str:
-    """The Jinja chat template a processor of template `name` carries: content parts -> strings, then the
-    template's body (the tokenizer's own for "chat_template")."""
-    return _CONTENT_PARTS_PREAMBLE + _body(get_template(name), tokenizer)
+    """The Jinja chat template a processor of template `name` carries (and saves): content parts ->
+    strings, the tokenizer's prefix where the template starts with it, then the template's body (the
+    tokenizer's own for "chat_template"). Rendered by anyone (transformers, vLLM), it gives our text."""
+    template = get_template(name)
+    prefix = tokenizer_prefix_text(tokenizer) if template.tokenizer_prefix else ""
+    return _CONTENT_PARTS_PREAMBLE + ("{{- " + _jinja_str(prefix) + " -}}" if prefix else "") + _body(template, tokenizer)
 
 
 def content_text(content: Any) -> str:
@@ -191,13 +227,19 @@ def content_text(content: Any) -> str:
 
 
 def validate_messages(messages: Sequence[Mapping[str, Any]]) -> None:
-    """ValueError unless messages alternate user/assistant from user, each with a role and a content."""
+    """ValueError unless messages alternate user/assistant from user (after one optional system message),
+    each with a role and a content."""
     if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence) or len(messages) == 0:
         raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
+    system = 1 if isinstance(messages[0], Mapping) and messages[0].get("role") == "system" else 0
+    if system and len(messages) == 1:
+        raise ValueError("a system message must be followed by a user message")
     for i, msg in enumerate(messages):
         if not isinstance(msg, Mapping) or "role" not in msg or "content" not in msg:
             raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {msg!r}")
-        expected = "user" if i % 2 == 0 else "assistant"
+        if i < system:
+            continue
+        expected = "user" if (i - system) % 2 == 0 else "assistant"
         if msg["role"] != expected:
             raise ValueError(
                 f"messages must alternate user/assistant starting with user; message {i} has role "
@@ -243,10 +285,37 @@ def render(
     chat = [{"role": m["role"], "content": content_text(m["content"])} for m in messages]
     generate = add_generation_prompt and messages[-1]["role"] == "user"
     rendered, _ = render_jinja_template(
-        conversations=[chat], chat_template=_body(template, tokenizer), add_generation_prompt=generate,
+        conversations=[chat], chat_template=processor_chat_template(name, tokenizer), add_generation_prompt=generate,
         **_special_tokens(tokenizer),
     )
     return rendered[0]
+
+
+def with_image_placeholders(messages: Sequence[Mapping[str, Any]], num_images: int) -> list[dict[str, Any]]:
+    """The messages with one "<image>\n" per image before the first user message's content when images
+    come with a conversation that has no placeholder (LLaVA's convention for one image); unchanged
+    otherwise. The messages given are not modified."""
+    msgs = [dict(m) for m in messages]
+    if num_images < 1 or any(content_text(m.get("content")).count(IMAGE_TOKEN) for m in msgs):
+        return msgs
+    first = next((i for i, m in enumerate(msgs) if m.get("role") == "user"), None)
+    if first is None:
+        return msgs
+    content = msgs[first].get("content")
+    if isinstance(content, (list, tuple)):
+        msgs[first]["content"] = [{"type": "image"}] * num_images + list(content)
+    else:
+        msgs[first]["content"] = (IMAGE_TOKEN + "\n") * num_images + (content or "")
+    return msgs
+
+
+def first_user_content_offset(prompt: str, name: str, tokenizer: Any = None) -> int:
+    """Where the first user message's content starts in `prompt`, a text this template rendered with its
+    default system text (0 when the prompt does not start as the template's renderings do)."""
+    sentinel = "\x00infllava\x00"
+    head = render([{"role": "user", "content": sentinel}], name, tokenizer, add_generation_prompt=False)
+    head = head[: head.index(sentinel)]
+    return len(head) if prompt.startswith(head) else 0
 
 
 def supervised_spans(
@@ -265,7 +334,7 @@ def supervised_spans(
     for k, msg in enumerate(messages):
         if msg["role"] != "assistant":
             continue
-        before = render(messages[:k], name, tokenizer, add_generation_prompt=True)
+        before = render(messages[:k], name, tokenizer, add_generation_prompt=True)  # ends with a user turn
         upto = render(messages[: k + 1], name, tokenizer, add_generation_prompt=False)
         if not (text.startswith(upto) and upto.startswith(before)):
             raise ValueError(

@@ -211,6 +211,23 @@ def test_apply_chat_template_content_parts(tiny, tmp_path):
             {"type": "image", "url": "https://example.com/x.png"}]}], tokenize=True)
 
 
+def test_chat_template_ids_equal_the_tokenizers_apply_chat_template():
+    """For a tokenizer chat template the ids are exactly transformers' own `apply_chat_template(tokenize=True)`
+    (one BOS even when the template writes {{ bos_token }} and the tokenizer adds one), images expanded."""
+    tok = make_tiny_tokenizer()  # adds a BOS "<s>" to raw text
+    tok.add_tokens(["<|im_start|>", "<|im_end|>"], special_tokens=True)
+    tok.chat_template = "{{ bos_token }}" + CHATML
+    processor = InfLlavaProcessor.from_config(tiny_config(template="chat_template"), tok)
+    msgs = [{"role": "user", "content": "<image>\nWhat colour?"}, {"role": "assistant", "content": "red"},
+            {"role": "user", "content": "Sure?"}]
+    own = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
+    own = own["input_ids"] if isinstance(own, dict) or hasattr(own, "keys") else own
+    ours = processor.apply_chat_template(msgs, images=[image()], tokenize=True)[0]
+    T, img = processor.num_image_tokens, processor.image_token_id
+    expanded = [t for i in own for t in ([img] * T if i == img else [i])]
+    assert ours == expanded and ours[:2] != [tok.bos_token_id] * 2
+
+
 @pytest.mark.parametrize("name", list(TEMPLATES))
 def test_ids_are_the_tokenizers_own(name):
     """For every registered template: the processor's ids equal the tokenizer's tokenization of the rendered
@@ -224,7 +241,8 @@ def test_ids_are_the_tokenizers_own(name):
     text = processor.apply_chat_template(msgs)
     enc = processor.apply_chat_template(msgs, tokenize=True, return_dict=True)
     expanded = text.replace("<image>", "<image>" * processor.num_image_tokens)
-    assert enc["input_ids"][0].tolist() == tok(expanded)["input_ids"]
+    # the rendered text carries its special tokens: tokenized as transformers tokenizes chat templates
+    assert enc["input_ids"][0].tolist() == tok(expanded, add_special_tokens=False)["input_ids"]
     assert (enc["input_ids"] == processor.image_token_id).sum() == processor.num_image_tokens
 
 
@@ -265,14 +283,14 @@ def test_llama3_ids_are_byte_exact_with_the_official_code(question):
 # ------------------------------------------------------------------ templates are one registry entry each
 
 
-def test_a_new_template_is_one_entry(tmp_path):
+def test_a_new_template_is_one_entry(tmp_path, monkeypatch):
     name = "test-brackets"
-    if name not in TEMPLATES:
-        register_template(ChatTemplate(
-            name,
-            "{%- for m in messages -%}[{{ m['role'] }}] {{ m['content'] }}{{ '<|eot_id|>' if m['role'] == "
-            "'assistant' else '\\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '[assistant] ' }}{%- endif -%}",
-            stop_strings=("<|eot_id|>",)))
+    monkeypatch.setattr("infllava.templates.TEMPLATES", dict(TEMPLATES))  # the entry goes with the test
+    register_template(ChatTemplate(
+        name,
+        "{%- for m in messages -%}[{{ m['role'] }}] {{ m['content'] }}{{ '<|eot_id|>' if m['role'] == "
+        "'assistant' else '\\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '[assistant] ' }}{%- endif -%}",
+        stop_strings=("<|eot_id|>",)))
     msgs = [{"role": "user", "content": "<image>\nQ?"}, {"role": "assistant", "content": "A."}]
     assert render(msgs, name) == "[user] <image>\nQ?\n[assistant] A.<|eot_id|>"
     # training labels supervise exactly the answer and its end token
@@ -381,3 +399,61 @@ def test_engines_render_what_we_render(name, tmp_path):
     assert ours.count("<image>") == 2 and "<image>\nTwo?\n<image>" in ours
     again = InfLlavaProcessor.from_pretrained(tmp_path)  # saving and loading does not stack the template
     assert again.chat_template == processor.chat_template and again.apply_chat_template(msgs) == ours
+
+
+def test_engine_calls(tiny):
+    """What vLLM's Transformers backend and lmms-eval / transformers serve do with a processor's output."""
+    _, model, processor = tiny
+    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                                                                         "text": "hi"}]}])
+    out = processor(text=[prompt], images=[image()], videos=None, return_mm_token_type_ids=True,
+                    add_special_tokens=False, return_tensors="pt")
+    assert out["mm_token_type_ids"].sum() == processor.num_image_tokens
+    assert (out["mm_token_type_ids"].bool() == (out["input_ids"] == processor.image_token_id)).all()
+    enc = processor.apply_chat_template([{"role": "user", "content": [{"type": "image", "image": image()},
+                                                                      {"type": "text", "text": "hi"}]}],
+                                        tokenize=True, return_dict=True).to("cpu")  # a BatchFeature
+    with torch.no_grad():
+        feats = model.get_image_features(enc["pixel_values"], return_dict=True).pooler_output
+        assert torch.equal(torch.cat(feats), model.image_tokens(enc["pixel_values"])[0])
+        gen = model.generate(**enc, max_new_tokens=3, do_sample=False)
+    assert enc["input_ids"].shape[1] < gen.shape[1] <= enc["input_ids"].shape[1] + 3
+    with pytest.raises(ValueError, match="images and text only"):
+        processor(text=[prompt], images=[image()], videos=["v.mp4"])
+
+
+def test_array_images_and_positional_text_first(tiny, tmp_path):
+    import numpy as np
+
+    _, _, processor = tiny
+    pil = image()
+    arr = np.asarray(pil)
+    chw = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+    want = processor.image_processor([pil])["pixel_values"]
+    for src in (arr, chw, arr[None]):
+        torch.testing.assert_close(processor.image_processor(src)["pixel_values"], want, rtol=0, atol=1e-6)
+    path = tmp_path / "x.png"
+    pil.save(path)
+    prompt = processor.build_prompt([{"role": "user", "content": "<image>\nhi"}])
+    a = processor(prompt, str(path), add_special_tokens=False)  # infllava's order before 0.2: text, images
+    b = processor(images=str(path), text=prompt, add_special_tokens=False)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])
+
+
+def test_system_message_through_the_saved_template(tmp_path):
+    from transformers import AutoTokenizer
+
+    for name in ("llama3", "chat_template"):
+        processor = InfLlavaProcessor.from_config(tiny_config(template=name), chatml_tokenizer())
+        msgs = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+        ours = processor.apply_chat_template(msgs)
+        assert "Be brief." in ours and ours.count("Be brief.") == 1
+        processor.save_pretrained(tmp_path / name)
+        tok = AutoTokenizer.from_pretrained(tmp_path / name)
+        assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == ours
+    with pytest.raises(Exception, match="unknown role"):
+        tok = InfLlavaProcessor.from_config(tiny_config(), chatml_tokenizer())
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        render_jinja_template([[{"role": "tool", "content": "x"}]], chat_template=tok.chat_template)

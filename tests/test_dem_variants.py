@@ -42,10 +42,11 @@ def test_learned_variants_start_as_avgpool(name):
         torch.testing.assert_close(learned.image_tokens(px), avg.image_tokens(px), rtol=1e-4, atol=1e-5)
 
 
-def test_a_new_variant_is_one_entry():
+def test_a_new_variant_is_one_entry(monkeypatch):
     name = "test-first-offset"
-    if name not in DOWNSAMPLERS:
-        register_downsample(Downsample(name, reads_all=True, combine=lambda _, fused, __: fused[:, 0]))
+    for module in ("infllava.model.dem",):  # the entry goes with the test
+        monkeypatch.setattr(f"{module}.DOWNSAMPLERS", dict(DOWNSAMPLERS))
+    register_downsample(Downsample(name, reads_all=True, combine=lambda _, fused, __: fused[:, 0]))
     from infllava.training.config import load_config
 
     cfg = tiny_config(dem_downsample=name)

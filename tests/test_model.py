@@ -336,6 +336,7 @@ def test_tied_embeddings_round_trip(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = InfLlavaForConditionalGeneration.from_pretrained(tmp_path)
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+    assert loaded.lm_head.weight.data_ptr() == loaded.language_model.embed_tokens.weight.data_ptr()  # still tied
 
 
 @pytest.mark.parametrize("views, crops_per_image", [("full", 10), ("thumbnail", 1), ("local", 10), ("global", 9)])

@@ -380,7 +380,8 @@ def test_chat_template_prompt(tiny_tokenizer):
         [],
         [{"role": "assistant", "content": "hi"}],
         [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
-        [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}],
+        [{"role": "system", "content": "s"}],
+        [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}],
         [{"role": "user"}],
         [{"role": "user", "content": 3}],
     ],
@@ -388,6 +389,13 @@ def test_chat_template_prompt(tiny_tokenizer):
 def test_bad_messages(messages):
     with pytest.raises(ValueError):
         build_prompt(messages, "llama3")
+
+
+def test_llama3_system_message_replaces_the_default_system_text():
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert build_prompt(msgs, "llama3") == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        + LLAMA3_USER + "hi" + LLAMA3_SEP + LLAMA3_ASSISTANT)
 
 
 def test_unknown_template():
@@ -475,9 +483,9 @@ def test_auto_placeholder(processor):
     msgs = [{"role": "user", "content": "What is it?"}]
     explicit = processor.build_prompt([{"role": "user", "content": "<image>\nWhat is it?"}])
     img = solid((8, 8), RED)
-    want = processor(explicit, img)
+    want = processor(explicit, img, add_special_tokens=False)  # a rendered prompt carries its BOS itself
     # raw prompt: inserted at the start of the first user message
-    got = processor(processor.build_prompt(msgs), img)
+    got = processor(processor.build_prompt(msgs), img, add_special_tokens=False)
     assert torch.equal(got["input_ids"], want["input_ids"])
     # chat helpers
     assert processor.chat_prompt(msgs, num_images=1) == explicit

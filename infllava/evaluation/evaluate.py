@@ -63,12 +63,7 @@ def predict(model, processor, records, image_root, batch_size: int = 8, max_new_
 
 def _tokenize(processor, prompts):
     """Left-padded ids of prompts whose placeholders are filled from precomputed features."""
-    from ..processing import tokenize_with_images
-
-    seqs = [tokenize_with_images(p, processor.tokenizer, processor.image_token_id, processor.num_image_tokens)
-            for p in prompts]
-    ids, mask = processor._pad(seqs, "left")
-    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
+    return processor.tokenize_prompts(prompts, "left")
 
 
 def evaluate(model_dir, data_path, image_root=".", out_path=None, batch_size: int = 8, max_new_tokens: int = 8,

@@ -172,8 +172,10 @@ def flatten_images(images: Any) -> list[Any]:
     """An image, or (nested) lists of images, as one flat list in reading order."""
     if images is None:
         return []
-    if is_single_image(images) or isinstance(images, (torch.Tensor, np.ndarray)):
+    if is_single_image(images):
         return [images]
+    if isinstance(images, (torch.Tensor, np.ndarray)):  # a batch (N, ...) of arrays
+        return list(images)
     out: list[Any] = []
     for item in images:
         out.extend(flatten_images(item))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import warnings
 from collections.abc import Sequence
 from typing import Any, Union
@@ -44,6 +45,8 @@ def _describe_source(src: Any) -> str:
         return f"<{len(src)} bytes>"
     if isinstance(src, Image.Image):
         return f"<PIL image {src.mode} {src.size[0]}x{src.size[1]}>"
+    if _is_array(src):
+        return f"<{type(src).__name__} {tuple(src.shape)}>"
     name = getattr(src, "name", None)
     return str(name) if isinstance(name, str) else f"<{type(src).__name__}>"
 
@@ -110,8 +113,8 @@ def load_image(src: ImageInput | Any, max_pixels: int | None = DEFAULT_MAX_PIXEL
     """Load an image as an 8-bit RGB PIL image.
 
     Args:
-        src: a path (str / os.PathLike), the encoded file as bytes, an open binary file object, or a
-            PIL image.
+        src: a path (str / os.PathLike) of a regular file, the encoded file as bytes, an open binary file
+            object, a PIL image, or an array (numpy or torch; HWC or CHW, uint8, or float in [0, 1]).
         max_pixels: reject images with more than this many pixels (width * height), checked from the
             header before any pixel is decoded; None disables the check (Pillow's own
             `PIL.Image.MAX_IMAGE_PIXELS` decompression-bomb limit still applies).
@@ -129,6 +132,8 @@ def load_image(src: ImageInput | Any, max_pixels: int | None = DEFAULT_MAX_PIXEL
             truncated or corrupt data, too many pixels, unsupported mode).
     """
     name = _describe_source(src)
+    if _is_array(src):
+        src = _array_to_pil(src, name)
     if isinstance(src, Image.Image):
         img = src
         _check_pixels(img.width, img.height, max_pixels, name)
@@ -142,6 +147,16 @@ def load_image(src: ImageInput | Any, max_pixels: int | None = DEFAULT_MAX_PIXEL
         fp: Any = io.BytesIO(bytes(src))
     elif isinstance(src, (str, os.PathLike)):
         fp = os.fspath(src)
+        try:
+            st = os.stat(fp)
+        except FileNotFoundError as exc:
+            raise ImageLoadError(f"cannot load {name}: file not found") from exc
+        except OSError as exc:
+            raise ImageLoadError(f"cannot load {name}: {exc.strerror or exc}") from exc
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageLoadError(f"cannot load {name}: it is a directory")
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
+            raise ImageLoadError(f"cannot load {name}: not a regular file (a pipe, socket or device)")
     elif hasattr(src, "read"):
         fp = src
     else:
@@ -242,5 +257,33 @@ def expand2square(img: Image.Image, fill: Sequence[int]) -> Image.Image:
 
 
 def is_single_image(x: Any) -> bool:
-    """True for one image source (path, bytes, PIL image, file object), False for a sequence of them."""
+    """True for one image source (path, bytes, PIL image, file object, a 2-D or 3-D array), False for a
+    sequence of them (a 4-D array is a batch)."""
+    if _is_array(x):
+        return len(x.shape) in (2, 3)
     return isinstance(x, (str, os.PathLike, bytes, bytearray, Image.Image)) or hasattr(x, "read")
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, np.ndarray) or type(x).__module__.startswith("torch") and hasattr(x, "shape")
+
+
+def _array_to_pil(arr: Any, name: str) -> Image.Image:
+    """An HWC / CHW / HW array (numpy or torch), uint8 or float in [0, 1], as a PIL image."""
+    if not isinstance(arr, np.ndarray):
+        arr = arr.detach().cpu().numpy()
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) or arr.size == 0:
+        raise ImageLoadError(f"cannot load {name}: an image array must be HxW, HxWx3/4 or 3/4xHxW, "
+                             f"got shape {tuple(arr.shape)}")
+    if arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+            raise ImageLoadError(f"cannot load {name}: unsupported array dtype {arr.dtype}")
+        values = arr.astype(np.float64)
+        if np.issubdtype(arr.dtype, np.floating):
+            values = np.nan_to_num(values, nan=0.0) * 255.0  # floats are in [0, 1]
+        arr = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(arr))

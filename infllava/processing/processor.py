@@ -21,10 +21,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
+from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from ..templates import IMAGE_TOKEN, get_template, processor_chat_template, render, stop_token_ids
+from ..templates import (
+    IMAGE_TOKEN,
+    first_user_content_offset,
+    get_template,
+    processor_chat_template,
+    render,
+    stop_token_ids,
+    with_image_placeholders,
+)
 from .image_processor import InfLlavaImageProcessor
 from .images import is_single_image
 from .tokens import ensure_image_token, tokenize_with_images
@@ -138,30 +146,17 @@ class InfLlavaProcessor(ProcessorMixin):
     ) -> str:
         """The prompt of one conversation that comes with `num_images` images.
 
-        If images come with it and no message holds "<image>" (as text or an image part), "<image>\\n" is
-        put at the start of the first user message (as LLaVA does). The messages are not modified.
+        If images come with it and no message holds "<image>" (as text or an image part), one "<image>\n" per
+        image is put at the start of the first user message (LLaVA's convention for one image). The messages
+        are not modified.
         """
-        msgs = [dict(m) for m in messages]
-        if num_images > 0 and not any(_placeholders(m.get("content")) for m in msgs) and msgs \
-                and msgs[0].get("role") == "user":
-            content = msgs[0].get("content")
-            if isinstance(content, (list, tuple)):
-                msgs[0]["content"] = [{"type": "image"}, *content]
-            else:
-                msgs[0]["content"] = IMAGE_TOKEN + "\n" + (content or "")
-        return self.build_prompt(msgs, add_generation_prompt)
+        return self.build_prompt(with_image_placeholders(messages, num_images), add_generation_prompt)
 
     def _insert_placeholder(self, prompt: str) -> str:
-        """Put "<image>\\n" at the start of the first user message of a rendered prompt: after the first user
-        header for llama3, else at the very start."""
-        from ..templates import LLAMA3_USER
-
-        if self.template == "llama3":
-            pos = prompt.find(LLAMA3_USER)
-            if pos >= 0:
-                pos += len(LLAMA3_USER)
-                return prompt[:pos] + IMAGE_TOKEN + "\n" + prompt[pos:]
-        return IMAGE_TOKEN + "\n" + prompt
+        """Put "<image>\n" at the start of the first user message of a prompt this template rendered (at the
+        start of the text when the prompt does not look like one)."""
+        pos = first_user_content_offset(prompt, self.template, self.tokenizer)
+        return prompt[:pos] + IMAGE_TOKEN + "\n" + prompt[pos:]
 
     def _assign_images(self, prompts: list[str], images: Any) -> list[list[Any]]:
         """Split `images` into one list per prompt (see `__call__`)."""
@@ -198,34 +193,45 @@ class InfLlavaProcessor(ProcessorMixin):
         self,
         images: Any = None,
         text: str | Sequence[str] | None = None,
+        videos: Any = None,
+        audio: Any = None,
         padding_side: Literal["left", "right"] = "left",
         return_tensors: Literal["pt"] | None = "pt",
+        add_special_tokens: bool = True,
+        return_mm_token_type_ids: bool = False,
         **kwargs: Any,
-    ) -> dict[str, Any]:
-        """Tokenize already-rendered prompts and preprocess their images.
+    ) -> BatchFeature:
+        """Tokenize prompts and preprocess their images (transformers' processor call).
 
         Args:
             images: None; one image; a flat list of images, consumed in placeholder order across the
                 prompts; or a list with one entry per prompt (an image, a list of images or None). A flat
                 list of exactly one image per prompt where no prompt has a placeholder is taken as one image
                 per prompt.
-            text: one prompt or a list of prompts (see `apply_chat_template`). Given first and positionally
-                (the order of infllava before 0.2), the two are told apart by type.
+            text: one prompt or a list of prompts. Given first and positionally (the order of infllava
+                before 0.2) it is recognised; pass both by keyword when in doubt.
             padding_side: "left" (default, for batched generation) or "right".
             return_tensors: "pt" for torch tensors, None for python lists (`pixel_values` is a tensor
                 either way).
+            add_special_tokens: the tokenizer adds its own special tokens (BOS...) to each prompt; False for
+                a prompt a template rendered (`apply_chat_template(tokenize=True)` passes False).
+            return_mm_token_type_ids: also return `mm_token_type_ids` (1 at image tokens), as vLLM asks.
 
-        A prompt with no "<image>" that gets exactly one image has "<image>\\n" inserted at the start of its
+        A prompt with no "<image>" that gets exactly one image has "<image>\n" inserted at the start of its
         first user message. Every other mismatch between placeholders and images raises ValueError naming
         both counts.
 
         Returns:
-            dict with `input_ids` [B, L] (long), `attention_mask` [B, L] (long, 0 on padding) and, when there
-            are images, `pixel_values` [N_images, 3, H, W] in placeholder order.
+            BatchFeature with `input_ids` [B, L] (long), `attention_mask` [B, L] (long, 0 on padding) and, when
+            there are images, `pixel_values` [N_images, 3, H, W] in placeholder order.
         """
-        if _is_text(images) and not _is_text(text):
-            images, text = text, images  # text given first (positionally, as infllava before 0.2 took it)
-        for unused in ("padding", "truncation", "add_special_tokens"):
+        if _looks_like_text_first(images, text):
+            images, text = text, images
+        if videos is not None or audio is not None:
+            raise ValueError("InfLlavaProcessor takes images and text only (no videos or audio)")
+        if kwargs.pop("truncation", None):
+            raise ValueError("truncation is not supported: it could cut an image's tokens")
+        for unused in ("padding", "max_length", "return_attention_mask", "images_kwargs", "text_kwargs"):
             kwargs.pop(unused, None)
         if kwargs:
             raise TypeError(f"InfLlavaProcessor() got unknown arguments {sorted(kwargs)}")
@@ -251,18 +257,22 @@ class InfLlavaProcessor(ProcessorMixin):
                     f"{which} has {count} '{IMAGE_TOKEN}' placeholder(s) but {len(imgs)} image(s) were given for it"
                 )
             all_images.extend(imgs)
-            sequences.append(tokenize_with_images(prompt, self.tokenizer, self.image_token_id, self.num_image_tokens))
-
-        input_ids, attention_mask = self._pad(sequences, padding_side)
-        out: dict[str, Any] = {}
-        if return_tensors == "pt":
-            out["input_ids"] = torch.tensor(input_ids, dtype=torch.long)
-            out["attention_mask"] = torch.tensor(attention_mask, dtype=torch.long)
-        else:
-            out["input_ids"], out["attention_mask"] = input_ids, attention_mask
+            sequences.append(tokenize_with_images(prompt, self.tokenizer, self.image_token_id, self.num_image_tokens,
+                                                  add_special_tokens=add_special_tokens))
+        out = self.pad(sequences, padding_side)
+        if return_mm_token_type_ids:
+            out["mm_token_type_ids"] = [[int(t == self.image_token_id) for t in row] for row in out["input_ids"]]
         if all_images:
             out["pixel_values"] = self.image_processor.pixels(all_images)
-        return out
+        return BatchFeature(out, tensor_type=return_tensors)
+
+    def tokenize_prompts(self, prompts: Sequence[str], padding_side: Literal["left", "right"] = "left",
+                         return_tensors: Literal["pt"] | None = "pt") -> BatchFeature:
+        """Ids of prompts a template rendered, placeholders expanded, without their images (for callers that
+        bring the images' features themselves: a chat session, evaluation with cached features)."""
+        seqs = [tokenize_with_images(p, self.tokenizer, self.image_token_id, self.num_image_tokens,
+                                     add_special_tokens=False) for p in prompts]
+        return BatchFeature(self.pad(seqs, padding_side), tensor_type=return_tensors)
 
     @property
     def pad_token_id(self) -> int | None:
@@ -272,7 +282,8 @@ class InfLlavaProcessor(ProcessorMixin):
             pad = getattr(self.tokenizer, "eos_token_id", None)
         return pad
 
-    def _pad(self, sequences: list[list[int]], side: str) -> tuple[list[list[int]], list[list[int]]]:
+    def pad(self, sequences: list[list[int]], side: str = "left") -> dict[str, list[list[int]]]:
+        """{"input_ids", "attention_mask"} of id sequences padded to the longest (pad id: `pad_token_id`)."""
         longest = max(len(s) for s in sequences)
         pad = self.pad_token_id
         if pad is None and any(len(s) != longest for s in sequences):
@@ -286,7 +297,7 @@ class InfLlavaProcessor(ProcessorMixin):
             else:
                 ids.append(s + [pad] * n)
                 mask.append([1] * len(s) + [0] * n)
-        return ids, mask
+        return {"input_ids": ids, "attention_mask": mask}
 
     def apply_chat_template(
         self,
@@ -337,11 +348,11 @@ class InfLlavaProcessor(ProcessorMixin):
         if not tokenize:
             return prompts if batched else prompts[0]
         enc = self(images=part_images, text=prompts, padding_side=padding_side, return_tensors=return_tensors,
-                   **kwargs)
+                   add_special_tokens=False, **kwargs)
         if return_dict:
             return enc
         ids = enc["input_ids"]
-        return ids.tolist() if isinstance(ids, torch.Tensor) else ids
+        return ids.tolist() if hasattr(ids, "tolist") else ids
 
     def apply_chat(self, messages, images: Any = None, add_generation_prompt: bool = True,
                    padding_side: Literal["left", "right"] = "left",
@@ -418,19 +429,19 @@ class InfLlavaProcessor(ProcessorMixin):
 
 
 def _is_text(x: Any) -> bool:
-    """A prompt or a list of prompts (strings), as opposed to images (paths count as text here: pass images
-    and text by keyword when both are strings)."""
     return isinstance(x, str) or (isinstance(x, (list, tuple)) and bool(x) and all(isinstance(t, str) for t in x))
 
 
-def _placeholders(content: Any) -> int:
-    """Number of image placeholders in a message content (text or parts)."""
-    if content is None:
-        return 0
-    if isinstance(content, str):
-        return content.count(IMAGE_TOKEN)
-    return sum(1 for p in content if isinstance(p, Mapping) and p.get("type") in ("image", "image_url")) + \
-        sum(p.get("text", "").count(IMAGE_TOKEN) for p in content if isinstance(p, Mapping) and p.get("type") == "text")
+def _looks_like_text_first(images: Any, text: Any) -> bool:
+    """Whether a call passed (text, images) positionally, infllava's order before 0.2: the first argument
+    holds prompts and the second images (or nothing)."""
+    if not _is_text(images):
+        return False
+    if text is None or not _is_text(text):
+        return True
+    prompts = [images] if isinstance(images, str) else images
+    others = [text] if isinstance(text, str) else text
+    return any(IMAGE_TOKEN in p for p in prompts) and not any(IMAGE_TOKEN in p for p in others)
 
 
 def _images_in_parts(conversation: Sequence[Mapping[str, Any]]) -> list[Any]:

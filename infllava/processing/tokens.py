@@ -3,9 +3,11 @@
 The ids are the tokenizer's own tokenization of the prompt: "<image>" is a special token of the tokenizer
 with id `image_token_id` (`ensure_image_token` adds it), so tokenizing the prompt and repeating each image
 id `num_image_tokens` times equals tokenizing the text with every "<image>" written out that many times,
-which is what engines that tokenize whole prompts (vLLM, transformers' processors) do. For the official
-`llama3` template and a LLaMA-3 tokenizer that adds a BOS this is also byte-exact with the official
-`tokenizer_image_token` (two BOS tokens: the tokenizer's and the template's `<|begin_of_text|>`).
+which is what engines that tokenize whole prompts (vLLM, transformers' processors) do. A text a template
+rendered carries its special tokens itself and is tokenized with `add_special_tokens=False`, as
+transformers tokenizes chat templates; for the official `llama3` template and a LLaMA-3 tokenizer that
+adds a BOS this is byte-exact with the official `tokenizer_image_token` (two BOS tokens: the template
+starts with the tokenizer's BOS, then its own `<|begin_of_text|>`; `templates.ChatTemplate.tokenizer_prefix`).
 """
 
 from __future__ import annotations
@@ -55,18 +57,21 @@ def _expand(ids: list[int], image_token_id: int, num_image_tokens: int) -> list[
     return out
 
 
-def tokenize_with_images(prompt: str, tokenizer: Any, image_token_id: int, num_image_tokens: int) -> list[int]:
-    """The tokenizer's ids of `prompt` (its default special tokens added), each "<image>" expanded to
-    `num_image_tokens` copies of `image_token_id`. Adds the image token to the tokenizer if it lacks it."""
+def tokenize_with_images(prompt: str, tokenizer: Any, image_token_id: int, num_image_tokens: int,
+                         add_special_tokens: bool = True) -> list[int]:
+    """The tokenizer's ids of `prompt`, each "<image>" expanded to `num_image_tokens` copies of
+    `image_token_id`. `add_special_tokens`: False for a text a template rendered (it carries every special
+    token itself), True for raw text (the tokenizer adds its BOS...). Adds the image token to the
+    tokenizer if it lacks it."""
     if int(num_image_tokens) < 1:
         raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
     ensure_image_token(tokenizer, image_token_id)
-    ids = [int(x) for x in tokenizer(prompt)["input_ids"]]
+    ids = [int(x) for x in tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]]
     return _expand(ids, int(image_token_id), int(num_image_tokens))
 
 
 def tokenize_with_offsets(
-    text: str, tokenizer: Any, image_token_id: int, num_image_tokens: int
+    text: str, tokenizer: Any, image_token_id: int, num_image_tokens: int, add_special_tokens: bool = True
 ) -> tuple[list[int], list[int], list[bool]]:
     """`tokenize_with_images(text, ...)` plus, per token, the character where it starts in `text` (-1 for a
     token the tokenizer adds itself, such as a BOS; the placeholder's offset for each image token) and
@@ -75,7 +80,7 @@ def tokenize_with_offsets(
         raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
     ensure_image_token(tokenizer, image_token_id)
     try:
-        enc = tokenizer(text, return_offsets_mapping=True)
+        enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
         offsets = enc["offset_mapping"]
         sequence_ids = enc.sequence_ids(0)
     except (NotImplementedError, ValueError, AttributeError, TypeError, KeyError) as exc:

@@ -24,6 +24,7 @@ from ..processing import InfLlavaProcessor
 from .config import ConfigError, RunConfig
 
 ADAPTER_FILE = "adapter.safetensors"  # DEM + projector weights (our stage-1 output)
+PRETRAIN_TEMPLATE = "plain"  # the recipe's stage-1 format (LLaVA's conv_llava_plain), unless model.template says
 
 
 class Built(NamedTuple):
@@ -49,7 +50,8 @@ def build_model(cfg: RunConfig) -> Built:
             raise ConfigError(f"model.base: {e}") from e
     else:
         model, processor, provenance = _build_from_parts(m)
-    template = m.template or ("plain" if cfg.train.stage == "pretrain" else model.config.template)
+    provenance = replace(provenance, template=provenance.template or model.config.template)
+    template = m.template or (PRETRAIN_TEMPLATE if cfg.train.stage == "pretrain" else model.config.template)
     processor.template = template
     model.config.template = template
     if m.adapter:
@@ -71,23 +73,21 @@ def _dem_overrides(m) -> dict:
 
 def _build_from_parts(m):
     """A vision tower + a causal LM (local transformers directories, or the packaged small parts)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from ..model.towers.efficientnet_lite import EfficientNetLiteConfig, efficientnet_image_norm
+    from ..model.towers import packaged_tower_config
     from ..packaged.smollm2 import smollm2_dir
 
     lm_path = str(smollm2_dir()) if m.language_model == "smollm2" else m.language_model
     lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(m.tokenizer or lm_path)
     vocab = max(lm.config.vocab_size, len(tokenizer))
-    cnn = m.vision_tower.startswith("efficientnet-lite")
+    packaged_tower = packaged_tower_config(m.vision_tower, stage=m.vision_stage, image_size=m.vision_image_size)
     extra, packaged = {}, None
-    if cnn:
-        vision_cfg = EfficientNetLiteConfig(variant=m.vision_tower, stage=m.vision_stage or 6,
-                                            image_size=m.vision_image_size or 224)
-        mean, std = efficientnet_image_norm()
+    if packaged_tower is not None:  # a tower whose weights a pip package ships (e.g. efficientnet-lite0)
+        vision_cfg, mean, std = packaged_tower
         extra = dict(image_mean=list(mean), image_std=list(std))
-    else:
+    else:  # a local transformers directory
         vision_cfg = AutoConfig.from_pretrained(m.vision_tower)
         vision_cfg = getattr(vision_cfg, "vision_config", vision_cfg)
     template = m.template or default_template_for(tokenizer)
@@ -100,18 +100,12 @@ def _build_from_parts(m):
         model.load_language_model(lm)
     except ValueError as e:
         raise ConfigError(f"{lm_path}: {e}") from e
-    if cnn:
-        model.vision_tower.model.load_pretrained()
-        if m.language_model == "smollm2" and not m.tokenizer:  # both backbones come from pip packages
-            packaged = {"vision_tower": m.vision_tower, "language_model": "smollm2"}
-    else:
-        tower = AutoModel.from_pretrained(m.vision_tower, dtype=torch.float32)
-        wanted = model.vision_tower.model.state_dict()
-        src = {k.removeprefix("vision_model."): v for k, v in tower.state_dict().items()}
-        absent = sorted(set(wanted) - set(src))
-        if absent:
-            raise ConfigError(f"{m.vision_tower}: tower weights lack {absent[:5]}")
-        model.vision_tower.model.load_state_dict({k: src[k] for k in wanted})
+    try:
+        model.vision_tower.load_pretrained(None if packaged_tower is not None else m.vision_tower)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"model.vision_tower={m.vision_tower}: {e}") from e
+    if packaged_tower is not None and m.language_model == "smollm2" and not m.tokenizer:
+        packaged = {"vision_tower": m.vision_tower, "language_model": "smollm2"}  # both from pip packages
     return model, InfLlavaProcessor.from_config(config, tokenizer), Provenance(
         f"{m.vision_tower} + {m.language_model}", layout="full", packaged=packaged)
 

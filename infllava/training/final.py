@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..loading import Provenance
-from ..templates import default_template_for
+from ..templates import default_template_for, get_template
 from ..parts import LM_DELTA_FILE, combine_lora, lora_factors, write_manifest
 from .build import ADAPTER_FILE, adapter_state_dict, merge_lora
 
@@ -32,8 +32,10 @@ def save_final(model, processor, final: Path, provenance: Provenance, gathered: 
     if factors:  # the small LM delta, for shipping over packaged backbones (infllava.parts)
         save_file(factors, str(final / "lora.safetensors"))
         (final / "lora.json").write_text(json.dumps(lora_meta))
-    if processor.template == "plain":  # a training-only format; chat with the model's conversation template
-        processor.template = model.config.template = default_template_for(processor.tokenizer)
+    if get_template(processor.template).training_only:  # chat in the template the model had before, or the default
+        chat = provenance.template if provenance.template and not get_template(provenance.template).training_only \
+            else default_template_for(processor.tokenizer)
+        processor.template = model.config.template = chat
     # Over packaged backbones whose LM changed by LoRA factors at most, the parts (config, adapter, LoRA
     # factors) are the whole model: a few MB instead of the frozen backbones' hundreds.
     packaged = None if provenance.lm_delta else provenance.packaged

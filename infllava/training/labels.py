@@ -30,7 +30,7 @@ from typing import Any
 
 from ..data.records import SampleError, check_alternation, record_image_paths, to_messages
 from ..processing.tokens import tokenize_with_offsets
-from ..templates import IMAGE_PLACEHOLDER
+from ..templates import IMAGE_PLACEHOLDER, get_template
 from ..templates import supervised_spans as template_spans
 
 __all__ = [
@@ -66,14 +66,17 @@ def supervised_spans(
     with a template that cannot render the sample (several turns for "plain", a chat template that is
     not prefix-stable or fails) reported as SampleError("bad_record")."""
     check_alternation(messages)
-    if template == "plain":
-        n_user = messages[0]["content"].count(IMAGE_PLACEHOLDER)
-        if len(messages) != 2 or n_user != 1 or IMAGE_PLACEHOLDER in messages[1]["content"]:
-            raise SampleError(
-                "bad_record",
-                f"the 'plain' template (stage-1 captioning) takes one user turn holding exactly one image and one "
-                f"answer; got {len(messages)} turns and {n_user} placeholder(s) in the user turn",
-            )
+    entry = get_template(template)
+    if entry.max_messages is not None and len(messages) > entry.max_messages:
+        raise SampleError("bad_record", f"the {template!r} template takes at most {entry.max_messages} turns "
+                                        f"({entry.description}); got {len(messages)}")
+    if entry.images_per_sample is not None:
+        in_user = messages[0]["content"].count(IMAGE_PLACEHOLDER)
+        total = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
+        if in_user != entry.images_per_sample or total != in_user:
+            raise SampleError("bad_record", f"the {template!r} template ({entry.description}) takes exactly "
+                                            f"{entry.images_per_sample} image(s), in the first user turn; got "
+                                            f"{in_user} there and {total - in_user} elsewhere")
     try:
         return template_spans(messages, template, tokenizer)
     except SampleError:
@@ -103,7 +106,8 @@ def encode_conversation(
     The sequence is capped at `max_length` (None: no limit).
     """
     text, spans = supervised_spans(messages, template, tokenizer)
-    ids, starts, is_image = tokenize_with_offsets(text, tokenizer, image_token_id, num_image_tokens)
+    ids, starts, is_image = tokenize_with_offsets(text, tokenizer, image_token_id, num_image_tokens,
+                                                  add_special_tokens=False)  # the text carries them
     span_starts = [a for a, _ in spans]
     labels = [IGNORE_INDEX] * len(ids)
     last_supervised = -1

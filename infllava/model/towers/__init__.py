@@ -9,7 +9,8 @@ A tower turns crops into patch tokens. Every tower answers the same interface (`
     tower.forward_tokens(x)        (N, 3, S, S) -> (N, [1 +] T, d) every output token, CLS first
     tower.hidden_size              d
     tower.has_cls                  whether forward_tokens starts with a CLS token
-    tower.load_pretrained(path)    weights from the pip package that ships them (else a clear error)
+    tower.load_pretrained(path)    weights from the pip package that ships them, or from `path`
+    Tower.packaged_config(name)    (config, mean, std) of a tower a pip package ships under `name`
 
 `tower_has_cls(vision_config)` answers the CLS question from the config alone (no tower is built).
 
@@ -30,7 +31,8 @@ import torch
 import torch.nn as nn
 from transformers import PreTrainedConfig
 
-__all__ = ["Tower", "build_tower", "register_tower", "registered_towers", "tower_class", "tower_has_cls"]
+__all__ = ["Tower", "build_tower", "packaged_tower_config", "register_tower", "registered_towers", "tower_class",
+           "tower_has_cls"]
 
 
 class Tower:
@@ -70,6 +72,12 @@ class Tower:
         """(N, 3, S, S) -> (N, T, d): the patch tokens, row-major (the CLS token dropped)."""
         tokens = self.forward_tokens(pixel_values)
         return tokens[:, 1:] if self.has_cls else tokens
+
+    @classmethod
+    def packaged_config(cls, name: str, stage=None, image_size: int | None = None):
+        """(vision config, image_mean, image_std) of the tower a pip package ships under `name` (e.g.
+        "efficientnet-lite0"), None when `name` is not one of this tower's packaged names."""
+        return None
 
     def load_pretrained(self, path: str | os.PathLike | None = None):
         raise NotImplementedError(
@@ -121,6 +129,16 @@ def tower_class(vision_config: PreTrainedConfig | str) -> type[Tower]:
 def build_tower(vision_config: PreTrainedConfig, feature_layer: int = -2) -> Tower:
     """The tower of `vision_config`, built without pretrained weights (see `Tower.load_pretrained`)."""
     return tower_class(vision_config)(vision_config, feature_layer)
+
+
+def packaged_tower_config(name: str, stage=None, image_size: int | None = None):
+    """(vision config, image_mean, image_std) of a tower shipped by a pip package under `name`, asked of every
+    registered tower; None when no tower ships one by that name."""
+    for cls in dict.fromkeys(list(_REGISTRY.values()) + _FALLBACK):
+        found = cls.packaged_config(name, stage=stage, image_size=image_size)
+        if found is not None:
+            return found
+    return None
 
 
 def tower_has_cls(vision_config: PreTrainedConfig) -> bool:

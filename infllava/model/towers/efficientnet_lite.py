@@ -295,6 +295,15 @@ class EfficientNetLiteTower(nn.Module, Tower):
             ) from e
         return Path(getattr(mod, holder).get_model_file_path())
 
+    @classmethod
+    def packaged_config(cls, name: str, stage=None, image_size: int | None = None):
+        """"efficientnet-lite0" (.. lite4): its config cut at `stage` (default 6), input `image_size`
+        (default 224), and the normalisation its ImageNet weights expect."""
+        if name not in _LITE_VARIANTS:
+            return None
+        mean, std = efficientnet_image_norm()
+        return EfficientNetLiteConfig(variant=name, stage=stage or 6, image_size=image_size or 224), mean, std
+
     def load_pretrained(self, path: str | os.PathLike | None = None) -> "EfficientNetLiteTower":
         """Fill the tower from the package's weight file (or `path`, a state dict in the package's naming)."""
         path = Path(path) if path is not None else self.weights_file(self.config.variant)

@@ -48,6 +48,23 @@ class ViTTower(Tower):
     def config_has_cls(cls, config: PreTrainedConfig) -> bool:
         return config.model_type in _WITH_CLS
 
+    def load_pretrained(self, path=None):
+        """Weights from a local transformers directory of this vision model (or of a model holding it, e.g.
+        a CLIP checkpoint with its text tower): the layers this tower keeps, checked by name and shape."""
+        if path is None:
+            return super().load_pretrained(path)
+        source = AutoModel.from_pretrained(str(path), dtype=torch.float32)
+        src = {k.removeprefix("vision_model."): v for k, v in source.state_dict().items()}
+        wanted = self._model.state_dict()
+        absent = sorted(set(wanted) - set(src))
+        if absent:
+            raise ValueError(f"{path}: the tower's weights lack {absent[:5]} ({len(absent)} missing)")
+        for k, v in wanted.items():
+            if src[k].shape != v.shape:
+                raise ValueError(f"{path}: {k} has shape {tuple(src[k].shape)}, the tower expects {tuple(v.shape)}")
+        self._model.load_state_dict({k: src[k] for k in wanted})
+        return self
+
     def forward_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self._model(pixel_values=pixel_values).last_hidden_state  # (N, [1 +] T, d)
         patches = (pixel_values.shape[-2] // self.patch_size) * (pixel_values.shape[-1] // self.patch_size)
