@@ -30,7 +30,7 @@ from infllava import (
     load,
     tiny_config,
 )
-from infllava.cli import main as cli_main
+from infllava_cli import main as cli_main
 from infllava.templates import TEMPLATES, ChatTemplate, get_template, register_template, render
 from infllava.tiny import build_tiny_model, make_tiny_tokenizer
 
@@ -371,8 +371,8 @@ def test_export_writes_a_directory_the_auto_classes_load(tiny, tmp_path):
     with torch.no_grad():
         assert torch.equal(auto(**enc).logits, model(**enc).logits)
     assert "<image>" in (dst / "tokenizer.json").read_text()
-    assert cli_main(["export", str(d), str(dst)]) == 2  # exists: refused, nothing touched
-    assert cli_main(["export", str(d), str(d / "inside")]) == 2
+    assert cli_main(["export", str(d), str(dst)]) == 1  # exists: refused (a failure, exit 1), nothing touched
+    assert cli_main(["export", str(d), str(d / "inside")]) == 1
 
 
 def test_public_api():

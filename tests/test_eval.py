@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from infllava.cli import main as cli_main
+from infllava_cli import main as cli_main
 from infllava.evaluation.hrvqa.writing import write_split
 from infllava.tiny import build_tiny_model
 
@@ -30,7 +30,7 @@ def test_eval_bad_data_is_a_message(tmp_path, capsys):
     model = build_tiny_model(tmp_path / "model")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": 1, "conversations": []}\n{oops\n')
-    assert cli_main(["eval", str(model), "--data", str(bad)]) == 2
+    assert cli_main(["eval", str(model), "--data", str(bad)]) == 1
     assert "malformed" in capsys.readouterr().err
 
 

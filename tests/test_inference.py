@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import infllava
-from infllava.cli import main as cli_main
+from infllava_cli import main as cli_main
 from infllava.inference import ChatSession, answer, load
 from infllava.tiny import build_tiny_model
 
@@ -96,13 +96,13 @@ def test_cli_interactive(model_dir, image, monkeypatch, capsys):
 def test_cli_bad_image_is_a_message(model_dir, tmp_path, capsys, content, match):
     bad = tmp_path / "img.bad"
     bad.write_bytes(content)
-    assert cli_main(["chat", str(model_dir), "--image", str(bad), "hi"]) == 2
+    assert cli_main(["chat", str(model_dir), "--image", str(bad), "hi"]) == 1
     err = capsys.readouterr().err
     assert "error" in err and match in err and "Traceback" not in err
 
 
 def test_cli_missing_model_and_missing_shard(model_dir, tmp_path, capsys):
-    assert cli_main(["chat", str(tmp_path / "nope"), "hi"]) == 2
+    assert cli_main(["chat", str(tmp_path / "nope"), "hi"]) == 1
     assert "no such directory" in capsys.readouterr().err
     import shutil
 
@@ -111,7 +111,7 @@ def test_cli_missing_model_and_missing_shard(model_dir, tmp_path, capsys):
     (sharded / "model.safetensors").unlink()
     (sharded / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {}, "weight_map": {"dem.fuse_norm.bias": "model-00001-of-00002.safetensors"}}))
-    assert cli_main(["chat", str(sharded), "hi"]) == 2
+    assert cli_main(["chat", str(sharded), "hi"]) == 1
     assert "model-00001-of-00002.safetensors" in capsys.readouterr().err
 
 
@@ -130,7 +130,7 @@ def test_make_demo_script_runs(tmp_path):
 def test_cli_pixel_limit(model_dir, tmp_path, capsys):
     big = tmp_path / "big.png"
     Image.new("RGB", (300, 200)).save(big)
-    assert cli_main(["chat", str(model_dir), "--image", str(big), "hi", "--max-pixels", "1000"]) == 2
+    assert cli_main(["chat", str(model_dir), "--image", str(big), "hi", "--max-pixels", "1000"]) == 1
     assert "max_pixels" in capsys.readouterr().err
     assert cli_main(["chat", str(model_dir), "--image", str(big), "hi", "--max-pixels", "0",
                      "--max-new-tokens", "1"]) == 0

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from helpers import make_toy_dataset, paired_models
 from infllava import InfLlavaForConditionalGeneration
-from infllava.cli import main as cli_main
+from infllava_cli import main as cli_main
 from infllava.training import checkpoint as ckpt_mod
 from infllava.training.build import apply_stage, build_model
 from infllava.training.config import ConfigError, load_config

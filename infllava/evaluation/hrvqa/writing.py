@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -120,58 +120,48 @@ def write_subtype(src: str | os.PathLike, subtypes: str | Iterable[str], out: st
 # Command line
 
 
-def main(argv: list[str] | None = None) -> int:
-    """infllava hrvqa OUT --train 2000 --val 200 --test 1000 [--heldout N] [--size 672]"""
-    p = argparse.ArgumentParser(prog="python -m infllava.evaluation.hrvqa",
-                                description="Write the procedural high-resolution VQA benchmark (HR-VQA).")
-    p.add_argument("out", help="output directory")
-    p.add_argument("--train", type=int, default=2000, help="train images (default 2000)")
-    p.add_argument("--val", type=int, default=200, help="val images (default 200)")
-    p.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
-    p.add_argument("--heldout", type=int, default=0,
-                   help="held-out images (default 0: not written): generated like test from a seed of its own, "
-                        "for one final check after every choice made on val/test; never train or select on it")
-    p.add_argument("--size", type=int, default=REFERENCE_SIZE, help="image side in px (default 672 = 3 x 224)")
-    p.add_argument("--train-format", choices=("one", "all"), default="one",
-                   help="train records: one per question (default) or one multi-turn record per image; "
-                        "val/test/heldout are always one per question")
-    p.add_argument("--train-every-subtype", action="store_true",
-                   help="train images carry one question of every subtype (7) instead of the 2-4 that "
-                        "val/test images carry: ~2.4x the supervision per image for the same tower work")
-    p.add_argument("--captions", action="store_true",
-                   help="also write train_captions.jsonl (image -> dense scene caption, for stage-1 alignment)")
-    args = p.parse_args(argv)
-    splits = tuple(SPLIT_SEEDS)  # train, val, test, heldout
-    for name in splits:
-        if getattr(args, name) < 0:
-            p.error(f"--{name} must be >= 0")
-    try:
-        check_args("test", 0, args.size)
-    except ValueError as e:
-        p.error(str(e))
-
-    out = Path(args.out)
+def write_benchmark(out: str | Path, train: int = 2000, val: int = 200, test: int = 1000, heldout: int = 0,
+                    size: int = REFERENCE_SIZE, train_format: str = "one", train_every_subtype: bool = False,
+                    captions: bool = False, log=print) -> dict:
+    """Write the splits asked for (n images each; 0: not written) and hrvqa.json to `out`; returns the info
+    written to hrvqa.json. ValueError for a count below 0, a size the grid does not divide, an unknown
+    train_format."""
+    counts = {"train": train, "val": val, "test": test, "heldout": heldout}
+    for name, n in counts.items():
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"--{name} must be an integer >= 0, got {n!r}")
+    if train_format not in ("one", "all"):
+        raise ValueError(f"train_format must be 'one' or 'all', got {train_format!r}")
+    check_args("test", 0, size)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    for split in splits:
-        n = getattr(args, split)
+    for split in SPLIT_SEEDS:  # train, val, test, heldout
+        n = counts[split]
         if n == 0:
             continue
-        fmt = args.train_format if split == "train" else "one"
-        path = write_split(out, split, n, size=args.size, questions_per_record=fmt,
-                           every_subtype=args.train_every_subtype and split == "train")
+        fmt = train_format if split == "train" else "one"
+        path = write_split(out, split, n, size=size, questions_per_record=fmt,
+                           every_subtype=train_every_subtype and split == "train")
         n_questions = sum(1 for _ in iter_questions(path))
         written[split] = {"images": n, "questions": n_questions, "records": str(path.name)}
-        print(f"{split}: {n} images, {n_questions} questions -> {path}")
-        if split == "train" and args.captions:
-            cap = write_captions(out, split, n, size=args.size)
+        log(f"{split}: {n} images, {n_questions} questions -> {path}")
+        if split == "train" and captions:
+            cap = write_captions(out, split, n, size=size)
             written[split]["captions"] = cap.name
-            print(f"{split}: {n} captions -> {cap}")
-    info = {"benchmark": "hrvqa", "version": HRVQA_VERSION, "size": args.size, "grid": GRID,
+            log(f"{split}: {n} captions -> {cap}")
+    info = {"benchmark": "hrvqa", "version": HRVQA_VERSION, "size": size, "grid": GRID,
             # the held-out seed only where that split is written: files written without it stay as they were
             "split_seeds": {s: seed for s, seed in SPLIT_SEEDS.items() if s != "heldout" or s in written},
             "splits": written,
-            "train_every_subtype": bool(args.train_every_subtype), "prompt_suffix": PROMPT_SUFFIX,
+            "train_every_subtype": bool(train_every_subtype), "prompt_suffix": PROMPT_SUFFIX,
             "answers": {k: list(v) for k, v in ANSWERS.items()}}
     (out / "hrvqa.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    return 0
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m infllava.evaluation.hrvqa OUT ...`: the same as `infllava hrvqa OUT ...`."""
+    from infllava_cli import main as cli
+
+    return cli(["hrvqa", *(sys.argv[1:] if argv is None else argv)])
