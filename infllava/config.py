@@ -152,6 +152,9 @@ class InfLlavaConfig(PreTrainedConfig):
         from .templates import get_template
 
         get_template(self.template)  # ValueError naming the registered templates
+        if self.dem_num_heads < 1 or self.dem_ffn_ratio < 1:
+            raise ValueError(f"dem_num_heads and dem_ffn_ratio must be >= 1, got {self.dem_num_heads} and "
+                             f"{self.dem_ffn_ratio}")
         if self.vision_chunk_size < 1:
             raise ValueError(f"vision_chunk_size must be >= 1, got {self.vision_chunk_size}")
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:

@@ -58,6 +58,16 @@ class _CallbackStreamer(BaseStreamer):
             self.printed = len(text)
 
 
+def check_generation_settings(max_new_tokens: int, temperature: float, top_p: float) -> None:
+    """ValueError naming a generation setting that makes no sense."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if not (isinstance(temperature, (int, float)) and temperature >= 0 and temperature == temperature):
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
 class ChatSession:
     """A multi-turn conversation about zero, one or several images, whose features are computed once.
 
@@ -67,6 +77,7 @@ class ChatSession:
 
     def __init__(self, model, processor, image=None, max_new_tokens: int = 256, temperature: float = 0.0,
                  top_p: float = 1.0, images: Sequence[Any] | None = None):
+        check_generation_settings(max_new_tokens, temperature, top_p)
         self.model, self.processor = model, processor
         self.messages: list[dict] = []
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
@@ -112,9 +123,9 @@ class ChatSession:
     def ask(self, question: str, on_text: Callable[[str], None] | None = None) -> str:
         """Answer one user turn; `on_text` receives the answer piece by piece as it is generated."""
         messages = self.messages + [{"role": "user", "content": question}]
-        prompt = self._prompt(messages)
+        self._prompt(messages)  # checks the placeholders against the images
         device = next(self.model.parameters()).device
-        input_ids = self.processor.tokenize_prompts([prompt])["input_ids"].to(device)
+        input_ids = self.processor.tokenize_chats([messages], [len(self.images)])["input_ids"].to(device)
         attention_mask = torch.ones_like(input_ids)
         with torch.inference_mode():
             embeds = self.model.embed_inputs(input_ids, image_features=self.image_features)

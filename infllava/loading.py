@@ -63,16 +63,53 @@ class LoadedModel(NamedTuple):
     provenance: Provenance
 
 
-def resolve_device_dtype(device: str | None = None, dtype: str | torch.dtype | None = None):
-    """cuda if present else cpu; bfloat16 on cuda, float32 on cpu, unless told otherwise."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device_dtype(device: str | torch.device | None = None, dtype: str | torch.dtype | None = None):
+    """cuda if present else cpu; bfloat16 on cuda, float32 on cpu, unless told otherwise. ValueError for a
+    device torch does not know, or one this machine (or this torch build) does not have."""
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r} (use cpu, cuda, cuda:N, mps)") from None
+    available = {"cpu": lambda: True, "cuda": torch.cuda.is_available,
+                 "mps": lambda: getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+                 "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available()}
+    if not available.get(dev.type, lambda: True)():
+        build = "a CPU-only torch build" if dev.type == "cuda" and torch.version.cuda is None else "this machine"
+        raise ValueError(f"device {str(device)!r} is not available ({build}); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
     if dtype is None or dtype == "auto":
-        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     elif isinstance(dtype, str):
-        if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
+        if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)")
         dtype = getattr(torch, dtype)
-    return torch.device(device), dtype
+    return dev, dtype
+
+
+def check_weight_files(path: Path) -> None:
+    """ValueError naming a weights file that is empty, truncated or not safetensors (read from its header,
+    before any model is built)."""
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files and not any(path.glob("*.bin")) and not (path / "parts.json").is_file():
+        raise ValueError(f"{path}: no weights (*.safetensors) in the model directory")
+    for f in files:
+        size = f.stat().st_size
+        if size == 0:
+            raise ValueError(f"{f} is empty (0 bytes): the weights file is incomplete; copy or download it again")
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                keys = list(h.keys())
+                last = keys[-1] if keys else None
+                if last is not None:
+                    h.get_slice(last)  # the header's extent is checked against the file's size
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"{f} is truncated or not a safetensors file ({' '.join(str(e).split())}); "
+                             f"copy or download it again") from e
 
 
 def resolve_source(source: str | Path) -> Path:
@@ -113,11 +150,12 @@ def load_model(source: str | Path, device: str | None = None, dtype: str | torch
     from .checkpoints.official import check_shards
     from .model import InfLlavaForConditionalGeneration
     from .parts import LM_DELTA_FILE, is_parts_dir, load_parts, read_manifest
-    from .processing import InfLlavaProcessor
 
     path = resolve_source(source)
     check_model_type(path)
     device, dtype = resolve_device_dtype(device, dtype)
+    check_shards(path)
+    check_weight_files(path)
     if is_parts_dir(path):
         model, processor = load_parts(path, dtype)
         spec = read_manifest(path)
@@ -129,9 +167,8 @@ def load_model(source: str | Path, device: str | None = None, dtype: str | torch
         provenance = Provenance(str(source), path, "parts", packaged={k: spec[k] for k in ("vision_tower",
                                 "language_model")}, lm_lora=lora, template=model.config.template)
     else:
-        check_shards(path)
+        processor = load_processor(path)  # before the weights: a broken tokenizer fails fast, named
         model = InfLlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
-        processor = InfLlavaProcessor.from_pretrained(path)
         lm_delta = lora = None
         if (path / LM_DELTA_FILE).exists():  # its LM changed beyond LoRA factors
             lm_delta = json.loads((path / LM_DELTA_FILE).read_text())
@@ -147,6 +184,28 @@ def load_model(source: str | Path, device: str | None = None, dtype: str | torch
     model.to(device).eval()
     set_stop_tokens(model, processor)
     return LoadedModel(model, processor, provenance)
+
+
+def load_processor(path: Path, tokenizer: Any = None):
+    """The directory's processor, a corrupt tokenizer or processor file named."""
+    from .processing import InfLlavaProcessor
+
+    try:
+        return InfLlavaProcessor.from_pretrained(path, tokenizer=tokenizer)
+    except (FileNotFoundError, ValueError) as e:
+        if "processor_config.json" in str(e) or tokenizer is not None:
+            raise
+        raise ValueError(f"{path}: the tokenizer files ({_tokenizer_files(path)}) cannot be read: "
+                         f"{' '.join(str(e).split())}") from e
+    except Exception as e:  # noqa: BLE001 - tokenizers raise their own types (e.g. a JSON parse error)
+        raise ValueError(f"{path}: the tokenizer files ({_tokenizer_files(path)}) cannot be read: "
+                         f"{type(e).__name__}: {' '.join(str(e).split())}") from e
+
+
+def _tokenizer_files(path: Path) -> str:
+    names = [n for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json")
+             if (path / n).exists()]
+    return ", ".join(names) or "none found"
 
 
 def set_stop_tokens(model, processor) -> None:

@@ -19,6 +19,7 @@ a text part as its text, parts joined by "\\n" (so `[image, text]` is LLaVA's "<
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -289,6 +290,39 @@ def render(
         **_special_tokens(tokenizer),
     )
     return rendered[0]
+
+
+def render_with_content_spans(
+    messages: Sequence[Mapping[str, Any]],
+    name: str = "llama3",
+    tokenizer: Any = None,
+    add_generation_prompt: bool = True,
+) -> tuple[str, list[tuple[int, int]] | None]:
+    """`render(...)` and the (start, end) character span of every message's content in it: the text that
+    came from the conversation, not from the template, whose special-token strings must stay text (a
+    user writing "<|im_end|>" must not end the turn). The spans are found by rendering the conversation
+    with a sentinel for each content; None when the template transforms contents (e.g. trims them), so
+    that the sentinels do not map back exactly."""
+    text = render(messages, name, tokenizer, add_generation_prompt)
+    contents = [content_text(m.get("content")) for m in messages]
+    marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
+    try:
+        skeleton = render([dict(m, content=mark) for m, mark in zip(messages, marks)], name, tokenizer,
+                          add_generation_prompt)
+    except Exception:  # noqa: BLE001 - a template that inspects its contents: no spans
+        return text, None
+    pieces, spans, cursor, length = [], [], 0, 0
+    for match in re.finditer("\ue000(\\d+)\ue001", skeleton):
+        head = skeleton[cursor: match.start()]
+        pieces.append(head)
+        length += len(head)
+        content = contents[int(match.group(1))]
+        pieces.append(content)
+        spans.append((length, length + len(content)))
+        length += len(content)
+        cursor = match.end()
+    pieces.append(skeleton[cursor:])
+    return (text, spans) if "".join(pieces) == text else (text, None)
 
 
 def with_image_placeholders(messages: Sequence[Mapping[str, Any]], num_images: int) -> list[dict[str, Any]]:

@@ -48,7 +48,8 @@ def test_predict_with_shared_image_features_equals_plain_generate(tmp_path):
                               "conversations": [{"from": "human", "value": text}, {"from": "gpt", "value": "x"}]}
     records = [q("1", "a.png", "<image>\nWhat colour?"), q("2", "a.png", "Which shape is it, really?"),
                q("3", None, "Say hi."), q("4", "b.png", "<image>\nAnd this?")]
-    preds = predict(model, processor, records, tmp_path, batch_size=3, max_new_tokens=4, progress=False)
+    preds, skipped = predict(model, processor, records, tmp_path, batch_size=3, max_new_tokens=4, progress=False)
+    assert skipped == {}
     for r in records:
         img = [str(tmp_path / r["image"])] if "image" in r else None
         text = r["conversations"][0]["value"]

@@ -14,8 +14,10 @@ the tower weights inside SRC with the built-in config of the tower named by `mm_
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,6 +215,11 @@ def convert_official(src: str | Path, dst: str | Path, vision_tower: str | Path 
     src_cfg = json.loads(cfg_path.read_text())
     if "mm_projector_type" not in src_cfg and "mm_hidden_size" not in src_cfg:
         raise ConversionError(f"{cfg_path}: no mm_* fields; not a LLaVA / INF-LLaVA checkpoint")
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise ConversionError(f"DST {dst} is the source checkpoint or lies inside it: choose a new directory "
+                              f"(the source is never written to)")
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ConversionError(f"DST {dst} exists and is not empty: choose a new directory (nothing is overwritten)")
     sd = read_state_dict(src)
     has_tower = any(k.startswith("model.vision_tower.") for k in sd)
 
@@ -275,12 +282,20 @@ def convert_official(src: str | Path, dst: str | Path, vision_tower: str | Path 
     model.load_state_dict(new_sd, strict=True, assign=True)
     if dtype is not None:
         config.dtype = dtype
-    dst.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dst)
-    _copy_tokenizer(src, dst, config)
-    (dst / "conversion_report.json").write_text(
-        json.dumps({"mapped": report.mapped, "skipped": report.skipped}, indent=1)
-    )
+    # written in a temporary directory beside DST and renamed into place: DST is either absent or complete
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(tmp)
+        _copy_tokenizer(src, tmp, config)
+        (tmp / "conversion_report.json").write_text(
+            json.dumps({"mapped": report.mapped, "skipped": report.skipped}, indent=1)
+        )
+        if dst.exists():
+            dst.rmdir()  # empty (checked above)
+        os.rename(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 

@@ -82,16 +82,50 @@ def _record_problem(record: Any, index: int) -> str | None:
     return None
 
 
+# Parsing JSON in Python holds the text and its objects at once: several times the file's size.
+PARSE_MEMORY_FACTOR = 4
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_fits_in_memory(path: Path) -> None:
+    """ValueError naming a data file too large to parse in the memory this machine has free (it would
+    otherwise be killed for memory after a long wait)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return  # reading it reports the problem
+    free = available_memory()
+    if free is not None and size * PARSE_MEMORY_FACTOR > free:
+        raise ValueError(f"{path} is {size / 2**30:.1f} GiB; parsing it needs about {PARSE_MEMORY_FACTOR}x that and "
+                         f"this machine has {free / 2**30:.1f} GiB available: split it into smaller files")
+
+
 def scan_records(path: str | os.PathLike) -> tuple[list[dict], list[tuple[str, Any, str]]]:
     """`load_records` with the kind of each problem: (records, [(kind, where, message)]), kind
     "malformed" (a JSONL line that does not parse) or "bad_record" (an entry that is not an object
     with a "conversations" list); `where` is the entry's id when it has one, else "line N" /
     "record N". Raises as `load_records`."""
     path = Path(path)
+    check_fits_in_memory(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc})") from exc
+    except MemoryError:
+        raise ValueError(f"{path}: too large to read into this machine's memory; split it into smaller files") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a data file (.json or .jsonl)") from None
     stripped = text.lstrip()
     if not stripped:
         return [], []

@@ -293,6 +293,10 @@ class InfLlavaModel(InfLlavaPreTrainedModel):
             inputs_embeds = self.embed_inputs(input_ids, None, image_features)
         elif pixel_values is not None:
             raise ValueError("pixel_values cannot be combined with inputs_embeds (embed the images first)")
+        context = getattr(self.config.text_config, "max_position_embeddings", None)
+        if context and inputs_embeds.shape[1] > context:
+            raise ValueError(f"the prompt is {inputs_embeds.shape[1]} tokens, longer than the model's context of "
+                             f"{context} tokens (max_position_embeddings): shorten it or use fewer images")
         kwargs.pop("return_dict", None)
         out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                   position_ids=position_ids, return_dict=True, **kwargs)

@@ -26,10 +26,12 @@ from transformers.processing_utils import ProcessorMixin
 
 from ..templates import (
     IMAGE_TOKEN,
+    content_text,
     first_user_content_offset,
     get_template,
     processor_chat_template,
     render,
+    render_with_content_spans,
     stop_token_ids,
     with_image_placeholders,
 )
@@ -150,7 +152,12 @@ class InfLlavaProcessor(ProcessorMixin):
         image is put at the start of the first user message (LLaVA's convention for one image). The messages
         are not modified.
         """
-        return self.build_prompt(with_image_placeholders(messages, num_images), add_generation_prompt)
+        return self._render(messages, num_images, add_generation_prompt)[0]
+
+    def _render(self, messages, num_images: int, add_generation_prompt: bool = True):
+        """(prompt, spans of the messages' text in it) of one conversation with `num_images` images."""
+        return render_with_content_spans(with_image_placeholders(messages, num_images), self.template,
+                                         self.tokenizer, add_generation_prompt)
 
     def _insert_placeholder(self, prompt: str) -> str:
         """Put "<image>\n" at the start of the first user message of a prompt this template rendered (at the
@@ -242,8 +249,12 @@ class InfLlavaProcessor(ProcessorMixin):
         prompts = [text] if isinstance(text, str) else list(text or [])
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("text must be a prompt string or a non-empty list of prompt strings")
-        per_prompt = self._assign_images(prompts, images)
+        return self._encode(prompts, self._assign_images(prompts, images), padding_side, return_tensors,
+                            add_special_tokens, return_mm_token_type_ids)
 
+    def _encode(self, prompts: list[str], per_prompt: list[list[Any]], padding_side: str = "left",
+                return_tensors: str | None = "pt", add_special_tokens: bool = True,
+                return_mm_token_type_ids: bool = False, literal_spans: list | None = None) -> BatchFeature:
         all_images: list[Any] = []
         sequences: list[list[int]] = []
         for i, (prompt, imgs) in enumerate(zip(prompts, per_prompt)):
@@ -257,8 +268,9 @@ class InfLlavaProcessor(ProcessorMixin):
                     f"{which} has {count} '{IMAGE_TOKEN}' placeholder(s) but {len(imgs)} image(s) were given for it"
                 )
             all_images.extend(imgs)
+            spans = literal_spans[i] if literal_spans and prompt == prompts[i] else None
             sequences.append(tokenize_with_images(prompt, self.tokenizer, self.image_token_id, self.num_image_tokens,
-                                                  add_special_tokens=add_special_tokens))
+                                                  add_special_tokens=add_special_tokens, literal_spans=spans))
         out = self.pad(sequences, padding_side)
         if return_mm_token_type_ids:
             out["mm_token_type_ids"] = [[int(t == self.image_token_id) for t in row] for row in out["input_ids"]]
@@ -266,12 +278,18 @@ class InfLlavaProcessor(ProcessorMixin):
             out["pixel_values"] = self.image_processor.pixels(all_images)
         return BatchFeature(out, tensor_type=return_tensors)
 
-    def tokenize_prompts(self, prompts: Sequence[str], padding_side: Literal["left", "right"] = "left",
-                         return_tensors: Literal["pt"] | None = "pt") -> BatchFeature:
-        """Ids of prompts a template rendered, placeholders expanded, without their images (for callers that
-        bring the images' features themselves: a chat session, evaluation with cached features)."""
-        seqs = [tokenize_with_images(p, self.tokenizer, self.image_token_id, self.num_image_tokens,
-                                     add_special_tokens=False) for p in prompts]
+    def tokenize_chats(self, conversations: Sequence[Sequence[Mapping[str, Any]]], num_images: Sequence[int],
+                       padding_side: Literal["left", "right"] = "left", add_generation_prompt: bool = True,
+                       return_tensors: Literal["pt"] | None = "pt") -> BatchFeature:
+        """Ids of conversations (each with that many images, placeholders inserted as `chat_prompt` does),
+        without the images themselves: for callers that bring the images' features (a chat session,
+        evaluation with cached features). Special-token text in the messages stays text."""
+        seqs = []
+        for conv, n in zip(conversations, num_images):
+            prompt, spans = self._render(conv, n, add_generation_prompt)
+            _refuse_unprotectable(prompt, spans, conv, self.tokenizer)
+            seqs.append(tokenize_with_images(prompt, self.tokenizer, self.image_token_id, self.num_image_tokens,
+                                             add_special_tokens=False, literal_spans=spans))
         return BatchFeature(self.pad(seqs, padding_side), tensor_type=return_tensors)
 
     @property
@@ -343,12 +361,20 @@ class InfLlavaProcessor(ProcessorMixin):
                 if is_single_image(images) or len(images) != len(conversations):
                     raise ValueError("for a batch of conversations, give images as a list with one entry per conversation")
                 part_images = [[] if e is None else [e] if is_single_image(e) else list(e) for e in images]
-        prompts = [self.chat_prompt(conv, len(imgs), add_generation_prompt)
-                   for conv, imgs in zip(conversations, part_images)]
+        rendered = [self._render(conv, len(imgs), add_generation_prompt) for conv, imgs in zip(conversations, part_images)]
+        prompts = [p for p, _ in rendered]
         if not tokenize:
             return prompts if batched else prompts[0]
-        enc = self(images=part_images, text=prompts, padding_side=padding_side, return_tensors=return_tensors,
-                   add_special_tokens=False, **kwargs)
+        for (prompt, spans), conv in zip(rendered, conversations):
+            _refuse_unprotectable(prompt, spans, conv, self.tokenizer)
+        return_mm = kwargs.pop("return_mm_token_type_ids", False)
+        for unused in ("padding", "truncation", "max_length", "return_attention_mask"):
+            kwargs.pop(unused, None)
+        if kwargs:
+            raise TypeError(f"apply_chat_template() got unknown arguments {sorted(kwargs)}")
+        enc = self._encode(prompts, [list(x) for x in part_images], padding_side, return_tensors,
+                           add_special_tokens=False, return_mm_token_type_ids=return_mm,
+                           literal_spans=[spans for _, spans in rendered])
         if return_dict:
             return enc
         ids = enc["input_ids"]
@@ -426,6 +452,20 @@ class InfLlavaProcessor(ProcessorMixin):
             f"num_image_tokens={self.num_image_tokens}, image_processor={self.image_processor!r}, "
             f"tokenizer={type(self.tokenizer).__name__})"
         )
+
+
+def _refuse_unprotectable(prompt: str, spans, conversation, tokenizer) -> None:
+    """When a template transforms message contents (so their spans cannot be found), refuse a message that
+    spells out a control token rather than let it act as one."""
+    if spans is not None:
+        return
+    control = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special and t.content != IMAGE_TOKEN]
+    for msg in conversation:
+        text = content_text(msg.get("content"))
+        found = next((c for c in control if c in text), None)
+        if found:
+            raise ValueError(f"a {msg.get('role')} message holds the control token {found!r}, which this template "
+                             f"cannot keep as plain text: remove it")
 
 
 def _is_text(x: Any) -> bool:

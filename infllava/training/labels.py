@@ -30,7 +30,7 @@ from typing import Any
 
 from ..data.records import SampleError, check_alternation, record_image_paths, to_messages
 from ..processing.tokens import tokenize_with_offsets
-from ..templates import IMAGE_PLACEHOLDER, get_template
+from ..templates import IMAGE_PLACEHOLDER, get_template, render_with_content_spans
 from ..templates import supervised_spans as template_spans
 
 __all__ = [
@@ -106,8 +106,10 @@ def encode_conversation(
     The sequence is capped at `max_length` (None: no limit).
     """
     text, spans = supervised_spans(messages, template, tokenizer)
+    _, literal = render_with_content_spans(messages, template, tokenizer, add_generation_prompt=False)
+    # the text carries its special tokens; those the messages spell out stay text
     ids, starts, is_image = tokenize_with_offsets(text, tokenizer, image_token_id, num_image_tokens,
-                                                  add_special_tokens=False)  # the text carries them
+                                                  add_special_tokens=False, literal_spans=literal)
     span_starts = [a for a, _ in spans]
     labels = [IGNORE_INDEX] * len(ids)
     last_supervised = -1
