@@ -77,7 +77,7 @@ def test_training_fits_the_statistics_once_and_stage_2_keeps_them(tmp_path):
     load_adapter(fresh, final)
     assert not fresh.projector.needs_fit
     # stage 2 from stage 1's output does not refit
-    cfg2, _ = _cfg(tmp_path / "s2", "train.max_steps=1", "train.stage=finetune", kind="qa")
+    cfg2, _ = _cfg(tmp_path / "s2", "train.max_steps=1", "train.stage=finetune", "data.max_length=512", kind="qa")
     cfg2.model.preset, cfg2.model.base = None, str(final)
     final2 = train(cfg2)
     torch.testing.assert_close(load_file(str(final2 / "adapter.safetensors"))["projector.input_mean"],

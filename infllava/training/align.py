@@ -155,6 +155,7 @@ def train_align(cfg: RunConfig) -> Path:
     from accelerate.utils import set_seed
 
     t = cfg.train
+    cfg.check_paths()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("train.stage: align runs in one process (it takes minutes); launch it without torchrun")
     out = Path(t.output_dir)

@@ -142,6 +142,25 @@ class RunConfig:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
         if t.keep_last < 1:
             raise ConfigError("train.keep_last must be >= 1")
+        if t.max_steps < 0:
+            raise ConfigError(f"train.max_steps must be >= 0 (0: train.epochs decide), got {t.max_steps}")
+        if t.epochs <= 0 and t.max_steps == 0:
+            raise ConfigError(f"train.epochs must be > 0 (or set train.max_steps), got {t.epochs}")
+        if t.log_every < 1:
+            raise ConfigError(f"train.log_every must be >= 1 (optimiser steps between log lines), got {t.log_every}")
+        if t.save_every < 0:
+            raise ConfigError(f"train.save_every must be >= 0 (0: only at the end), got {t.save_every}")
+        if t.max_grad_norm < 0 or t.weight_decay < 0:
+            raise ConfigError("train.max_grad_norm and train.weight_decay must be >= 0")
+        if t.lora.enabled and (t.lora.r < 1 or t.lora.alpha <= 0 or not 0 <= t.lora.dropout < 1):
+            raise ConfigError(f"train.lora needs r >= 1, alpha > 0 and 0 <= dropout < 1, got r={t.lora.r}, "
+                              f"alpha={t.lora.alpha}, dropout={t.lora.dropout}")
+        if self.data.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.data.num_workers}")
+        if self.data.max_length is not None and self.data.max_length < 1:
+            raise ConfigError(f"data.max_length must be >= 1, got {self.data.max_length}")
+        if m.dem_num_heads is not None and m.dem_num_heads < 1 or m.dem_ffn_ratio is not None and m.dem_ffn_ratio < 1:
+            raise ConfigError("model.dem_num_heads and model.dem_ffn_ratio must be >= 1")
         for r in t.report_to:
             if r not in ("tensorboard", "wandb"):
                 raise ConfigError(f"train.report_to: unknown {r!r} (tensorboard, wandb)")
@@ -154,6 +173,14 @@ class RunConfig:
         if t.lora.enabled and t.stage != "finetune":
             raise ConfigError("train.lora.enabled needs train.stage: finetune")
         return self
+
+    def check_paths(self) -> None:
+        """The data the run reads exists (checked when a run starts, not when a config is parsed)."""
+        if not Path(self.data.path).is_file():
+            raise ConfigError(f"data.path={self.data.path!r}: no such file")
+        if not Path(self.data.images).is_dir():
+            raise ConfigError(f"data.images={self.data.images!r} is not a directory (the folder the records' image "
+                              f"paths are relative to)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -170,9 +197,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         if not p.is_file():
             raise ConfigError(f"config file {p} not found")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+            raise ConfigError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from e
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the top level must be a mapping with model / data / train")
     for item in overrides:
@@ -185,7 +214,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+        try:
+            node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({' '.join(str(e).split())})") from e
     return _build(RunConfig, raw, "").validate()
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data.records import load_records
+from ..data.records import load_records, record_image_paths, resolve_image_path
 from .build import apply_stage, build_model, fit_projector_input_norm
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from .config import ConfigError, RunConfig
@@ -63,6 +63,7 @@ def train(cfg: RunConfig) -> Path:
     from accelerate.utils import set_seed
 
     t = cfg.train
+    cfg.check_paths()  # before any work: the data exists
     if t.stage == "align":
         from .align import train_align
 
@@ -88,6 +89,9 @@ def train(cfg: RunConfig) -> Path:
         attach_feature_cache(model, t.feature_cache)
 
     records, problems = load_records(cfg.data.path)
+    if not records:
+        raise ConfigError(f"data.path={cfg.data.path}: no usable record ({len(problems)} malformed): nothing to train on")
+    check_images_found(records, cfg.data.images)
     pc = model.config
     dataset = SupervisedDataset(records, cfg.data.images, processor.tokenizer, processor.image_processor,
                                 processor.template, pc.image_token_id, pc.num_image_tokens, cfg.data.max_length)
@@ -209,6 +213,9 @@ def train(cfg: RunConfig) -> Path:
         bar.close()
         if log:
             log.close()
+    if state["samples"] == 0:
+        raise ConfigError(f"every sample was skipped ({state['skipped']}; reasons in {out / 'train.log'}): nothing "
+                          f"was trained, so no final model is written")
     final = out / "final"
     if _is_sharded(acc):
         full = acc.get_state_dict(model)  # gathered on the main process (all processes take part)
@@ -276,6 +283,23 @@ def _save(acc, out, model, optimizer, scheduler, state, cfg):
     elif acc.is_main_process:
         save_checkpoint(out, acc.unwrap_model(model), optimizer, scheduler, st, cfg.train.keep_last)
     acc.wait_for_everyone()
+
+
+def check_images_found(records, image_root, probe: int = 64) -> None:
+    """ConfigError when none of the first `probe` image paths of the data exists under `image_root` (a wrong
+    data.images would otherwise skip every sample and train on nothing)."""
+    paths = []
+    for r in records:
+        try:
+            paths += record_image_paths(r)
+        except ValueError:
+            continue
+        if len(paths) >= probe:
+            break
+    if paths and not any(os.path.exists(resolve_image_path(p, image_root)) for p in paths[:probe]):
+        raise ConfigError(f"none of the first {min(len(paths), probe)} image paths of the data exists under "
+                          f"data.images={image_root!r} (e.g. {resolve_image_path(paths[0], image_root)}): set data.images "
+                          f"to the folder the paths are relative to")
 
 
 # Settings that may change between a run and its resumption (logging, loading, checkpoint cadence).
