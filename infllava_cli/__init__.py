@@ -124,11 +124,15 @@ def _chat(args) -> int:
     from infllava.processing import load_image
 
     question = " ".join(args.question)
-    max_pixels = args.max_pixels or None  # 0: no limit
+    from infllava.processing import DEFAULT_MAX_PIXELS
+
+    # --max-pixels: None keeps the model's own limit, 0 lifts it, N sets it
+    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)
     images = [load_image(p, max_pixels=max_pixels) for p in args.image]  # fails before the model loads
     _quiet_transformers()
     model, processor = load(args.model_dir, device=args.device, dtype=args.dtype)
-    processor.image_processor.max_pixels = max_pixels
+    if args.max_pixels is not None:
+        processor.image_processor.max_pixels = max_pixels
     session = ChatSession(model, processor, images=images, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, top_p=args.top_p)
 
@@ -198,6 +202,7 @@ def _train(args) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)  # every key and type checked before any work
+        cfg.check_paths()
     except ConfigError as e:
         raise UsageError(str(e)) from e
     final = train(cfg)
@@ -295,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-new-tokens", type=_positive_int, default=256)
     c.add_argument("--temperature", type=_temperature, default=0.0, help="0 = greedy")
     c.add_argument("--top-p", type=_top_p, default=1.0, help="nucleus sampling with temperature > 0 (default 1)")
-    c.add_argument("--max-pixels", type=_non_negative_int, default=100_000_000,
-                   help="refuse larger images (decompression-bomb guard); 0 = no limit")
+    c.add_argument("--max-pixels", type=_non_negative_int, default=None,
+                   help="refuse larger images (decompression-bomb guard; default: the model's limit, 100 MP); "
+                        "0 = no limit")
     _add_device_dtype(c)
     c.set_defaults(func=_chat)
 
