@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         except argparse.ArgumentTypeError as e:
             sys.stderr.write(f"infllava chat: error: the question {e}\n")
             return 2
-    where = f"infllava {args.command}"
+    where = f"infllava {args.command}" + (f" {args.data_command}" if getattr(args, "data_command", None) else "")
     try:
         return args.func(args)
     except KeyboardInterrupt:
