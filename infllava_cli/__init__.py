@@ -7,6 +7,7 @@
     infllava train CONFIG.yaml [section.key=value ...]
     infllava data check DATA --images DIR [--model MODEL]
     infllava eval MODEL --data test.jsonl --images DIR [--out scores.json]
+    infllava serve MODEL [--port 8000] [--api-key KEY]  an OpenAI-compatible server with batching
     infllava hrvqa OUT --train N --val N --test N [--heldout N]   (the high-resolution VQA benchmark)
 
 This module lives outside the `infllava` package so that parsing (and every `--help`) imports neither
@@ -256,6 +257,21 @@ def _eval(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from infllava.serving.api import ServeSettings, serve
+
+    _quiet_transformers()
+    name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
+    settings = ServeSettings(
+        model_name=name, api_key=args.api_key or os.environ.get("INFLLAVA_API_KEY") or None,
+        max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_image_pixels=args.max_image_pixels or None,
+        max_images_per_request=args.max_images_per_request, max_new_tokens_limit=args.max_new_tokens_limit,
+        default_max_tokens=min(256, args.max_new_tokens_limit), max_body_bytes=args.max_body_mb * 2**20,
+        batch_window_s=args.batch_window_ms / 1000)
+    serve(args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, settings=settings)
+    return 0
+
+
 def _hrvqa(args) -> int:
     from infllava.evaluation.hrvqa.writing import write_benchmark
 
@@ -352,6 +368,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--feature-cache", default=None,
                    help="folder caching the frozen tower's outputs per crop (shared by the view ablations)")
     e.set_defaults(func=_eval)
+
+    s = sub.add_parser("serve", help="an OpenAI-compatible server (POST /v1/chat/completions) with batching")
+    s.add_argument("model", help="a shipped name (inf-llava-mini) or a model directory")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=_positive_int, default=8000)
+    s.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` (or INFLLAVA_API_KEY)")
+    s.add_argument("--served-model-name", default=None, help="the model id clients send (default: MODEL's name)")
+    s.add_argument("--max-batch-size", type=_positive_int, default=8, help="requests decoded together")
+    s.add_argument("--max-queue", type=_positive_int, default=64, help="waiting requests before 429")
+    s.add_argument("--max-image-pixels", type=_non_negative_int, default=100_000_000, help="0 = no limit")
+    s.add_argument("--max-images-per-request", type=_positive_int, default=8)
+    s.add_argument("--max-new-tokens-limit", type=_positive_int, default=1024, help="the largest max_tokens accepted")
+    s.add_argument("--max-body-mb", type=_positive_int, default=32, help="request bodies above this are refused (413)")
+    s.add_argument("--batch-window-ms", type=_non_negative_int, default=20,
+                   help="how long a batch waits for more requests after its first")
+    _add_device_dtype(s)
+    s.set_defaults(func=_serve)
 
     h = sub.add_parser("hrvqa", help="write the procedural high-resolution VQA benchmark",
                        description="Write the procedural high-resolution VQA benchmark (HR-VQA).")
