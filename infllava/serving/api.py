@@ -48,6 +48,9 @@ class ServeSettings:
     default_max_tokens: int = 256
     max_body_bytes: int = 32 * 2**20
     batch_window_s: float = 0.02
+    # without a temperature in the request: the model's own default (its generation_config samples or not;
+    # infllava's models decode greedily, as `infllava chat` and the demo do), not OpenAI's 1.0
+    default_temperature: float = 0.0
 
 
 class APIError(Exception):
@@ -209,7 +212,7 @@ def parse_request(body: Any, settings: ServeSettings) -> dict:
         raise APIError(400, "'stream_options' must be an object", code="invalid_type")
     messages, images = parse_messages(body.get("messages"), settings)
     return dict(messages=messages, images=images, max_tokens=max_tokens or settings.default_max_tokens,
-                temperature=_float_field(body, "temperature", 0.0, 2.0, 1.0),
+                temperature=_float_field(body, "temperature", 0.0, 2.0, settings.default_temperature),
                 top_p=_float_field(body, "top_p", 0.0, 1.0, 1.0, low_open=True), stop=stop, seed=seed,
                 stream=stream, include_usage=bool(options.get("include_usage")))
 
@@ -409,6 +412,8 @@ def serve(model_source: str, host: str = "127.0.0.1", port: int = 8000, device=N
 
     model, processor = load(model_source, device=device, dtype=dtype)
     settings = settings or ServeSettings()
+    gc = model.generation_config
+    settings.default_temperature = float(gc.temperature or 1.0) if gc.do_sample else 0.0
     if settings.max_image_pixels != processor.image_processor.max_pixels:
         processor.image_processor.max_pixels = settings.max_image_pixels
     app = create_app(model, processor, settings)
