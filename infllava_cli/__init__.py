@@ -8,6 +8,7 @@
     infllava data check DATA --images DIR [--model MODEL]
     infllava eval MODEL --data test.jsonl --images DIR [--out scores.json]
     infllava serve MODEL [--port 8000] [--api-key KEY]  an OpenAI-compatible server with batching
+    infllava web MODEL [--port 7860]                    a web page to try it (Gradio)
     infllava hrvqa OUT --train N --val N --test N [--heldout N]   (the high-resolution VQA benchmark)
 
 This module lives outside the `infllava` package so that parsing (and every `--help`) imports neither
@@ -272,6 +273,16 @@ def _serve(args) -> int:
     return 0
 
 
+def _web(args) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from infllava.serving.web import web
+
+    _quiet_transformers()
+    web(args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype,
+        max_new_tokens=args.max_new_tokens)
+    return 0
+
+
 def _hrvqa(args) -> int:
     from infllava.evaluation.hrvqa.writing import write_benchmark
 
@@ -385,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a batch waits for more requests after its first")
     _add_device_dtype(s)
     s.set_defaults(func=_serve)
+
+    w = sub.add_parser("web", help="a web page to try a model (Gradio): images, streamed chat, what the model sees")
+    w.add_argument("model", help="a shipped name (inf-llava-mini) or a model directory")
+    w.add_argument("--host", default="127.0.0.1")
+    w.add_argument("--port", type=_positive_int, default=7860)
+    w.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    _add_device_dtype(w)
+    w.set_defaults(func=_web)
 
     h = sub.add_parser("hrvqa", help="write the procedural high-resolution VQA benchmark",
                        description="Write the procedural high-resolution VQA benchmark (HR-VQA).")
