@@ -1,4 +1,4 @@
-"""`infllava web MODEL`: a Gradio page to try a model: upload images (several allowed), ask, the answer streams
+"""`infllava web MODEL`: a Gradio page to try a model: upload images (several allowed) or paste one, ask, the answer streams
 in, multi-turn with a reset; beside the chat, what the model sees (its input, local crops, global crops,
 thumbnail: `visualize.crops_picture`). A bad image (unreadable, too large) is reported in the page.
 
@@ -27,9 +27,11 @@ def build_app(model, processor, title: str = "INF-LLaVA", examples: list[list[st
               max_new_tokens: int = 128) -> gr.Blocks:
     pictures = Path(tempfile.mkdtemp(prefix="infllava-web-"))
 
-    def load_images(files):
-        """New images: a new conversation about them; the crop picture of the first."""
+    def load_images(files, pasted=None):
+        """New images (uploaded files, then a pasted image): a new conversation about them; the crop picture
+        of the first."""
         paths = [f if isinstance(f, str) else getattr(f, "name", None) or f.path for f in (files or [])]
+        paths += [pasted] if pasted else []
         if not paths:
             return None, None, [], ""
         images, problems = [], []
@@ -91,6 +93,8 @@ def build_app(model, processor, title: str = "INF-LLaVA", examples: list[list[st
         with gr.Row():
             with gr.Column(scale=1):
                 files = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="images")
+                pasted = gr.Image(label="Or paste an image", sources=["clipboard", "upload"], type="filepath",
+                                  elem_id="pasted", height=140)
                 seen = gr.Image(label="What the model sees: input, local crops, global crops, thumbnail",
                                 type="filepath", interactive=False, elem_id="crops", height=320)
                 status = gr.Markdown("", elem_id="status")
@@ -102,7 +106,8 @@ def build_app(model, processor, title: str = "INF-LLaVA", examples: list[list[st
                     clear = gr.Button("Reset conversation", elem_id="reset")
         if examples:
             gr.Examples(examples=examples, inputs=[files, question], label="Examples")
-        files.change(load_images, [files], [session, seen, chat, status])
+        files.change(load_images, [files, pasted], [session, seen, chat, status])
+        pasted.change(load_images, [files, pasted], [session, seen, chat, status])
         send.click(ask, [question, chat, session], [chat, session, question, status])
         question.submit(ask, [question, chat, session], [chat, session, question, status])
         clear.click(reset, [session], [chat, session, status])
