@@ -268,7 +268,7 @@ def _serve(args) -> int:
         max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_image_pixels=args.max_image_pixels or None,
         max_images_per_request=args.max_images_per_request, max_new_tokens_limit=args.max_new_tokens_limit,
         default_max_tokens=min(256, args.max_new_tokens_limit), max_body_bytes=args.max_body_mb * 2**20,
-        batch_window_s=args.batch_window_ms / 1000)
+        batch_window_s=args.batch_window_ms / 1000, encoder_cache_size=args.encoder_cache_size)
     serve(args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, settings=settings)
     return 0
 
@@ -394,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-body-mb", type=_positive_int, default=32, help="request bodies above this are refused (413)")
     s.add_argument("--batch-window-ms", type=_non_negative_int, default=20,
                    help="how long a batch waits for more requests after its first")
+    s.add_argument("--encoder-cache-size", type=_non_negative_int, default=64,
+                   help="images whose visual tokens are kept for later questions about them (0: none)")
     _add_device_dtype(s)
     s.set_defaults(func=_serve)
 

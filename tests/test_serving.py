@@ -146,8 +146,14 @@ def test_greedy_answers_are_the_same_alone_and_in_a_batch(model_dir):
         return results
 
     together = run(asks)
+    hits = engine.encoder_cache_hits
+    assert hits == 2  # the second red and the second blue image: encoded once in the batch
     alone = [run([a])[0] for a in asks]
+    assert engine.encoder_cache_hits == hits + 4  # the 4 images of the single runs were all cached by now
+    engine.encoder_cache_size = 0  # and without the cache, the same answers
+    uncached = [run([a])[0] for a in asks]
     engine.shutdown()
+    assert [r["text"] for r in uncached] == [r["text"] for r in alone]
     assert [r["text"] for r in together] == [r["text"] for r in alone]
     assert all(r["end"][0] == "done" for r in together)
     # and they are what infllava.answer / ChatSession generate

@@ -51,6 +51,7 @@ class ServeSettings:
     # without a temperature in the request: the model's own default (its generation_config samples or not;
     # infllava's models decode greedily, as `infllava chat` and the demo do), not OpenAI's 1.0
     default_temperature: float = 0.0
+    encoder_cache_size: int = 64  # images whose visual tokens the engine keeps (several questions about one image)
 
 
 class APIError(Exception):
@@ -81,6 +82,8 @@ class Metrics:
         self.generated_tokens = Counter("infllava_generated_tokens", "generated tokens", registry=r)
         self.latency = Histogram("infllava_request_latency_seconds", "request latency", registry=r,
                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.encoder_cache_hits = Gauge("infllava_encoder_cache_hits", "images whose visual tokens came from the "
+                                        "encoder cache (since start)", registry=r)
         self.ttft = Histogram("infllava_time_to_first_token_seconds", "time to the first token", registry=r,
                               buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
@@ -226,7 +229,7 @@ def create_app(model, processor, settings: ServeSettings):
 
     metrics = Metrics()
     engine = Engine(model, processor, settings.max_batch_size, settings.max_queue, settings.batch_window_s,
-                    on_batch=metrics.batch_size.observe)
+                    on_batch=metrics.batch_size.observe, encoder_cache_size=settings.encoder_cache_size)
     context = getattr(model.config.text_config, "max_position_embeddings", None)
     state = {"serving": True}
 
@@ -267,6 +270,7 @@ def create_app(model, processor, settings: ServeSettings):
 
         metrics.queue_depth.set(engine.queue_depth)
         metrics.running.set(engine.busy)
+        metrics.encoder_cache_hits.set(engine.encoder_cache_hits)
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/chat/completions")

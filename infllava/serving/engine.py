@@ -3,7 +3,9 @@
 One worker thread owns the model. It takes the waiting requests (up to `max_batch_size`, gathering for
 `batch_window_s` after the first), then for the batch:
 
-1. encodes every image of every request in one tower call (`model.image_tokens`);
+1. encodes every image of every request in one tower call (`model.image_tokens`), except those in its encoder
+   cache (the visual tokens of the last `encoder_cache_size` images, keyed by their pixels: several questions
+   about one image encode it once);
 2. prefills the left-padded prompts together (the processor's ids: message text never becomes control
    tokens);
 3. decodes step by step with the KV cache: each row samples with its own settings (greedy, or its own
@@ -20,8 +22,10 @@ Notation: B rows in the batch, L prompt length, V vocabulary.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import itertools
+from collections import OrderedDict
 import queue
 import threading
 import time
@@ -75,7 +79,7 @@ class Engine:
     """Batches `GenerationRequest`s over one model (see the module docstring)."""
 
     def __init__(self, model, processor, max_batch_size: int = 8, max_queue: int = 64, batch_window_s: float = 0.02,
-                 on_batch: Callable[[int], None] | None = None):
+                 on_batch: Callable[[int], None] | None = None, encoder_cache_size: int = 64):
         if max_batch_size < 1 or max_queue < 1 or batch_window_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, batch_window_s >= 0")
         self.model, self.processor = model, processor
@@ -90,6 +94,9 @@ class Engine:
         lm_params = inspect.signature(model.model.language_model.forward).parameters
         self._cache_arg = "cache" if "cache" in lm_params else "past_key_values"
         self.busy = 0  # requests being decoded now
+        self.encoder_cache_size = encoder_cache_size  # images whose visual tokens are kept (0: none)
+        self._encoded: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.encoder_cache_hits = 0
         self._thread.start()
 
     # ---- the API side ----
@@ -155,7 +162,7 @@ class Engine:
         p = next(model.parameters())
         device = p.device
         images = [im for r in batch for im in r.images]
-        feats = model.image_tokens(proc.image_processor.pixels(images).to(device, p.dtype)) if images else None
+        feats = self._image_features(images, device, p.dtype) if images else None
         enc = proc.pad([r.prompt_ids for r in batch], "left")
         input_ids = torch.tensor(enc["input_ids"], device=device)
         mask = torch.tensor(enc["attention_mask"], device=device)
@@ -186,6 +193,25 @@ class Engine:
             cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
             logits = out.logits[:, -1]
             next_pos = next_pos + 1
+
+    def _image_features(self, images: list, device, dtype) -> torch.Tensor:
+        """(N, T, D) visual tokens of the batch's images: those seen recently come from the encoder cache
+        (keyed by their pixels; several questions about one image encode it once), the others are encoded
+        together in one tower call."""
+        keys = [_image_key(im) for im in images]
+        known = {k: self._encoded[k] for k in keys if k in self._encoded}
+        todo = list(dict.fromkeys(k for k in keys if k not in known))
+        if todo:
+            first = {k: im for k, im in zip(keys, images)}
+            pixels = self.processor.image_processor.pixels([first[k] for k in todo]).to(device, dtype)
+            known.update(zip(todo, self.model.image_tokens(pixels)))
+        for k in keys:
+            self._encoded[k] = known[k]
+            self._encoded.move_to_end(k)
+        while len(self._encoded) > self.encoder_cache_size:
+            self._encoded.popitem(last=False)
+        self.encoder_cache_hits += len(keys) - len(todo)
+        return torch.stack([known[k] for k in keys])
 
     def _sample(self, logits: torch.Tensor, row: _Row) -> torch.Tensor:
         req = row.req
@@ -230,6 +256,14 @@ class Engine:
             req.emit("done", {"finish_reason": finish, "prompt_tokens": len(req.prompt_ids),
                               "completion_tokens": len(row.generated)})
         return finish
+
+
+def _image_key(image) -> str:
+    """The identity of an image for the encoder cache: a digest of its size, mode and pixels."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{image.size}{image.mode}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:
