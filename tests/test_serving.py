@@ -100,7 +100,7 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(model_dir):
     s = Server(model_dir, "--api-key", KEY, "--max-image-pixels", 5000, "--max-images-per-request", 2,
-               "--max-new-tokens-limit", 64, "--max-body-mb", 1)
+               "--max-new-tokens-limit", 64, "--max-body-mb", 1, "--batch-window-ms", 100)
     yield s
     s.stop()
 
@@ -203,7 +203,8 @@ def test_concurrent_requests_are_batched(server):
         results[i] = c.chat.completions.create(model="tiny", messages=user(f"question {i}"), max_tokens=30,
                                                temperature=0).choices[0].message.content
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+    start = threading.Barrier(6)
+    threads = [threading.Thread(target=lambda i=i: (start.wait(), ask(i))) for i in range(6)]
     for t in threads:
         t.start()
     for t in threads:
