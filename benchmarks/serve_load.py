@@ -127,39 +127,44 @@ def main() -> None:
     ap.add_argument("--question", default=None, help="ask this instead of the benchmark's questions (e.g. a "
                                                      "question with a long answer, to load the decoding)")
     args = ap.parse_args()
-    proc = None
-    if args.url is None:
-        if not args.serve:
-            raise SystemExit("give --url of a running server or --serve MODEL")
-        proc, url = start_server(args.serve, args.max_batch_size)
-        model = "bench"
-    else:
-        url, model = args.url, args.model
-    try:
-        qs = questions(Path(args.data), max(args.clients) * args.requests, args.split)
-        if args.question:
-            qs = [(image, args.question) for image, _ in qs]
-        run(url, model, qs[:1], 1, args.max_tokens)  # warm-up
-        import torch
+    if args.url is None and not args.serve:
+        raise SystemExit("give --url of a running server or --serve MODEL")
+    qs = questions(Path(args.data), max(args.clients) * args.requests, args.split)
+    if args.question:
+        qs = [(image, args.question) for image, _ in qs]
+    warm = questions(Path(args.data), 1, "heldout" if (Path(args.data) / "heldout.jsonl").is_file() else args.split)
 
-        print(f"server {args.serve or url}; {os.cpu_count()} CPUs; torch {torch.__version__}; "
-              f"the same {len(qs)} requests at each client count, max_tokens {args.max_tokens}, greedy, streamed"
-              + (f", question {args.question!r}" if args.question else ", HR-VQA questions"))
-        print("| clients | requests | failed | requests/s | generated tokens/s | p50 latency | p95 latency | "
-              "p50 TTFT | p95 TTFT |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        rows = [run(url, model, qs, c, args.max_tokens) for c in args.clients]
-        for r in rows:
-            print(f"| {r['clients']} | {r['requests']} | {r['failed']} | {r['req_per_s']:.2f} | {r['tok_per_s']:.2f} | "
-                  f"{r['p50_s']:.2f} s | {r['p95_s']:.2f} s | {r['ttft_p50_s']:.2f} s | {r['ttft_p95_s']:.2f} s |")
-            for e in r["errors"]:
-                print(f"   error: {e}")
-        if len(rows) > 1:
-            print(f"throughput {rows[-1]['clients']} clients / 1 client: {rows[-1]['req_per_s'] / rows[0]['req_per_s']:.2f}x")
-    finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
+    def measure(clients):
+        """One client count; with --serve on a fresh server (its encoder cache empty), warmed on another image."""
+        proc = None
+        url, model = (args.url, args.model) if args.url else (None, "bench")
+        if args.serve:
+            proc, url = start_server(args.serve, args.max_batch_size)
+        try:
+            run(url, model, warm, 1, args.max_tokens)  # warm-up
+            return run(url, model, qs, clients, args.max_tokens)
+        finally:
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+
+    import torch
+
+    print(f"server {args.serve or args.url}; {os.cpu_count()} CPUs; torch {torch.__version__}; "
+          f"the same {len(qs)} requests at each client count, max_tokens {args.max_tokens}, greedy, streamed"
+          + (f", question {args.question!r}" if args.question else ", HR-VQA questions")
+          + ("; a fresh server (empty encoder cache) per client count" if args.serve else ""))
+    print("| clients | requests | failed | requests/s | generated tokens/s | p50 latency | p95 latency | "
+          "p50 TTFT | p95 TTFT |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = [measure(c) for c in args.clients]
+    for r in rows:
+        print(f"| {r['clients']} | {r['requests']} | {r['failed']} | {r['req_per_s']:.2f} | {r['tok_per_s']:.2f} | "
+              f"{r['p50_s']:.2f} s | {r['p95_s']:.2f} s | {r['ttft_p50_s']:.2f} s | {r['ttft_p95_s']:.2f} s |")
+        for e in r["errors"]:
+            print(f"   error: {e}")
+    if len(rows) > 1:
+        print(f"throughput {rows[-1]['clients']} clients / 1 client: {rows[-1]['req_per_s'] / rows[0]['req_per_s']:.2f}x")
 
 
 if __name__ == "__main__":
