@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast bench browser clean
+.PHONY: venv demo test test-fast test-oldest bench browser clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,8 +34,20 @@ test: $(STAMP) $(MINI_STAMP) browser
 test-fast: $(STAMP) $(MINI_STAMP) browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The fast tests under the oldest transformers infllava supports (vLLM pins transformers < 5.20), in .venv-oldest
+OLD := .venv-oldest
+$(OLD)/.installed: pyproject.toml requirements-oldest.txt
+	test -x $(OLD)/bin/python || $(PY) -m venv $(OLD)
+	$(OLD)/bin/pip install -q --upgrade pip
+	$(OLD)/bin/pip install -q -c requirements-oldest.txt -e '.[test,train,serve]'
+	PIP=$(OLD)/bin/pip sh scripts/install_mini.sh
+	touch $(OLD)/.installed
+
+test-oldest: $(OLD)/.installed browser
+	$(OLD)/bin/python -m pytest -q -m "not slow" --ignore=tests/test_web.py
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/vision_path.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(OLD) .pytest_cache

@@ -19,8 +19,12 @@ def register() -> None:
 
     register_auto_classes()
     try:
-        AutoImageProcessor.register(InfLlavaConfig, image_processor_classes={"pil": InfLlavaImageProcessor},
-                                    exist_ok=True)
-    except TypeError:  # transformers before image processor backends
-        AutoImageProcessor.register(InfLlavaConfig, slow_image_processor_class=InfLlavaImageProcessor, exist_ok=True)
+        try:
+            AutoImageProcessor.register(InfLlavaConfig, image_processor_classes={"pil": InfLlavaImageProcessor},
+                                        exist_ok=True)
+        except TypeError:  # transformers before image processor backends
+            AutoImageProcessor.register(InfLlavaConfig, slow_image_processor_class=InfLlavaImageProcessor,
+                                        exist_ok=True)
+    except ImportError:  # transformers 5.16-5.18 offer AutoImageProcessor with torchvision only; AutoProcessor
+        pass             # and InfLlavaImageProcessor itself work without it
     AutoProcessor.register(InfLlavaConfig, InfLlavaProcessor, exist_ok=True)

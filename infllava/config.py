@@ -15,7 +15,11 @@ from __future__ import annotations
 from typing import Literal
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+
+try:  # transformers >= 5.20 builds sub-configs from a declared default
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # earlier 5.x: the sub-configs are built in __post_init__ (as their LlavaConfig does)
+    SubConfigSpec = None
 
 CLIP_VIT_L_14_336 = dict(
     model_type="clip_vision_model",
@@ -99,14 +103,17 @@ class InfLlavaConfig(PreTrainedConfig):
     """
 
     model_type = "infllava"
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(
-            config_class=AutoConfig,
-            model_type="clip_vision_model",
-            init_kwargs={k: v for k, v in CLIP_VIT_L_14_336.items() if k != "model_type"},
-        ),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
-    }
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            "vision_config": SubConfigSpec(
+                config_class=AutoConfig,
+                model_type="clip_vision_model",
+                init_kwargs={k: v for k, v in CLIP_VIT_L_14_336.items() if k != "model_type"},
+            ),
+            "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+        }
+    else:
+        sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -130,6 +137,9 @@ class InfLlavaConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        if SubConfigSpec is None:  # transformers < 5.20: build the sub-configs here
+            self.vision_config = _sub_config(self.vision_config, CLIP_VIT_L_14_336)
+            self.text_config = _sub_config(self.text_config, {"model_type": "llama"})
         super().__post_init__(**kwargs)
         self.grid = [int(g) for g in self.grid]
         self.image_mean = [float(x) for x in self.image_mean]
@@ -212,6 +222,17 @@ class InfLlavaConfig(PreTrainedConfig):
         from .model.towers import tower_has_cls  # here: the towers import this module
 
         return tower_has_cls(self.vision_config)
+
+
+def _sub_config(value, default: dict):
+    """A sub-config from a dict (by its model_type), None (the default) or a config (as it is)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if isinstance(value, PreTrainedConfig):
+        return value
+    fields = dict(default if value is None else value)
+    model_type = fields.pop("model_type", default["model_type"])
+    return CONFIG_MAPPING[model_type](**fields)
 
 
 def _parse_mlp_depth(projector_type: str) -> int:

@@ -105,7 +105,9 @@ def test_auto_classes_round_trip(tiny, tmp_path):
     auto = AutoModelForImageTextToText.from_pretrained(d).eval()
     assert type(auto) is InfLlavaForConditionalGeneration
     proc = AutoProcessor.from_pretrained(d)
-    assert type(proc) is InfLlavaProcessor and type(AutoImageProcessor.from_pretrained(d)) is InfLlavaImageProcessor
+    assert type(proc) is InfLlavaProcessor
+    if _auto_image_processor_works():  # transformers 5.16-5.18 offer it with torchvision only
+        assert type(AutoImageProcessor.from_pretrained(d)) is InfLlavaImageProcessor
     msgs = [{"role": "user", "content": [{"type": "image", "image": image()}, {"type": "text", "text": "what?"}]}]
     a = proc.apply_chat_template(msgs, tokenize=True, return_dict=True)
     b = processor.apply_chat_template(msgs, tokenize=True, return_dict=True)
@@ -120,6 +122,19 @@ def test_auto_classes_round_trip(tiny, tmp_path):
     assert again_proc.to_dict() == proc.to_dict()
     with torch.no_grad():
         assert torch.equal(again(**a).logits, auto(**a).logits)
+
+
+def _auto_image_processor_works() -> bool:
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__) >= Version("5.19"):
+        return True  # it must work here
+    try:
+        AutoImageProcessor.register  # noqa: B018 - the torchvision-only placeholder raises on access
+        return True
+    except ImportError:
+        return False
 
 
 def _legacy_layout(tiny_dir, dst):
