@@ -20,6 +20,7 @@ a text part as its text, parts joined by "\\n" (so `[image, text]` is LLaVA's "<
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -189,17 +190,31 @@ def _body(template: ChatTemplate, tokenizer: Any) -> str:
     return own[len(_CONTENT_PARTS_PREAMBLE):] if own.startswith(_CONTENT_PARTS_PREAMBLE) else own
 
 
+# tokenizer -> its prefix text: every render asks, and training renders each sample several times
+_PREFIXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def tokenizer_prefix_text(tokenizer: Any) -> str:
     """The text of the tokens `tokenizer` puts before any text it encodes (e.g. "<|begin_of_text|>" for
-    LLaMA-3, "<s>" for LLaMA-2; "" for SmolLM2, whose tokenizer adds nothing)."""
+    LLaMA-3, "<s>" for LLaMA-2; "" for SmolLM2, whose tokenizer adds nothing). Found once per tokenizer."""
     if tokenizer is None:
         return ""
+    try:
+        return _PREFIXES[tokenizer]
+    except (KeyError, TypeError):
+        pass
     plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
     full = list(tokenizer("a")["input_ids"])
+    prefix = ""
     for start in range(len(full) - len(plain) + 1):
         if full[start: start + len(plain)] == plain:
-            return "".join(tokenizer.convert_ids_to_tokens(full[:start]))
-    return ""
+            prefix = "".join(tokenizer.convert_ids_to_tokens(full[:start]))
+            break
+    try:
+        _PREFIXES[tokenizer] = prefix
+    except TypeError:  # an object that cannot be weakly referenced: not cached
+        pass
+    return prefix
 
 
 def processor_chat_template(name: str, tokenizer: Any = None) -> str:
