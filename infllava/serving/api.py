@@ -285,8 +285,9 @@ def create_app(model, processor, settings: ServeSettings):
                 raise APIError(400, f"the request body is not valid JSON ({' '.join(str(e).split())})",
                                code="invalid_json") from None
             req_args = await asyncio.to_thread(parse_request, parsed, settings)
-            prompt_ids = processor.tokenize_chats([req_args["messages"]], [len(req_args["images"])])[
-                "input_ids"][0].tolist()
+            # rendering and tokenizing off the event loop, as parsing is
+            prompt_ids = (await asyncio.to_thread(processor.tokenize_chats, [req_args["messages"]],
+                                                  [len(req_args["images"])]))["input_ids"][0].tolist()
             placed = prompt_ids.count(processor.image_token_id) // processor.num_image_tokens
             if placed != len(req_args["images"]):
                 raise APIError(400, f"the messages hold {placed} '<image>' placeholder(s) but {len(req_args['images'])} "
