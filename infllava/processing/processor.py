@@ -206,6 +206,7 @@ class InfLlavaProcessor(ProcessorMixin):
         return_tensors: Literal["pt"] | None = "pt",
         add_special_tokens: bool = True,
         return_mm_token_type_ids: bool = False,
+        return_text_replacement_offsets: bool = False,
         **kwargs: Any,
     ) -> BatchFeature:
         """Tokenize prompts and preprocess their images (transformers' processor call).
@@ -223,6 +224,11 @@ class InfLlavaProcessor(ProcessorMixin):
             add_special_tokens: the tokenizer adds its own special tokens (BOS...) to each prompt; False for
                 a prompt a template rendered (`apply_chat_template(tokenize=True)` passes False).
             return_mm_token_type_ids: also return `mm_token_type_ids` (1 at image tokens), as vLLM asks.
+            return_text_replacement_offsets: also return `text_replacement_offsets`, per prompt a list with one
+                dict per "<image>" (`type` "image", `span` and `new_span` its character span in the prompt
+                and in the prompt written out, `text`, `replacement` the "<image>" x num_image_tokens text),
+                transformers' format, which vLLM's Transformers backend reads to place each image's tokens.
+                Spans refer to the prompt after a placeholder was inserted (see below).
 
         A prompt with no "<image>" that gets exactly one image has "<image>\n" inserted at the start of its
         first user message. Every other mismatch between placeholders and images raises ValueError naming
@@ -249,8 +255,26 @@ class InfLlavaProcessor(ProcessorMixin):
         prompts = [text] if isinstance(text, str) else list(text or [])
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("text must be a prompt string or a non-empty list of prompt strings")
-        return self._encode(prompts, self._assign_images(prompts, images), padding_side, return_tensors,
-                            add_special_tokens, return_mm_token_type_ids)
+        per_prompt = self._assign_images(prompts, images)
+        out = self._encode(prompts, per_prompt, padding_side, return_tensors, add_special_tokens,
+                           return_mm_token_type_ids)
+        if return_text_replacement_offsets:  # set after tensor conversion: a list of dicts stays one
+            out["text_replacement_offsets"] = [
+                self._replacement_offsets(self._insert_placeholder(p) if p.count(IMAGE_TOKEN) == 0 and len(im) == 1
+                                          else p) for p, im in zip(prompts, per_prompt)]
+        return out
+
+    def _replacement_offsets(self, prompt: str) -> list[dict[str, Any]]:
+        """Where each "<image>" of `prompt` is, before and after it is written out `num_image_tokens` times."""
+        replacement = self.replace_image_token()
+        grow = len(replacement) - len(IMAGE_TOKEN)
+        out, start = [], prompt.find(IMAGE_TOKEN)
+        while start >= 0:
+            new = start + grow * len(out)
+            out.append({"type": "image", "span": (start, start + len(IMAGE_TOKEN)),
+                        "new_span": (new, new + len(replacement)), "text": IMAGE_TOKEN, "replacement": replacement})
+            start = prompt.find(IMAGE_TOKEN, start + len(IMAGE_TOKEN))
+        return out
 
     def _encode(self, prompts: list[str], per_prompt: list[list[Any]], padding_side: str = "left",
                 return_tensors: str | None = "pt", add_special_tokens: bool = True,
