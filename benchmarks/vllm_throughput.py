@@ -95,8 +95,9 @@ def run_vllm(model_dir: str, processor, items, max_tokens: int, max_batch_size: 
     for _ in range(repeats):
         t0 = time.perf_counter()
         outs = llm.generate(inputs, params, use_tqdm=False)
-        runs.append((time.perf_counter() - t0, [o.outputs[0].text.strip() for o in outs],
-                     sum(len(o.outputs[0].token_ids) for o in outs)))
+        # generated tokens as infllava counts them: a stop token that ended the answer is not one
+        tokens = sum(len(o.outputs[0].token_ids) - (o.outputs[0].finish_reason == "stop") for o in outs)
+        runs.append((time.perf_counter() - t0, [o.outputs[0].text.strip() for o in outs], tokens))
     return runs
 
 

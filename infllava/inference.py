@@ -22,10 +22,12 @@ from .processing import is_single_image, load_image
 from .templates import IMAGE_TOKEN
 
 
-def load(source: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None):
+def load(source: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,
+         quantization: str | None = None):
     """(model, processor) from a shipped name ("inf-llava-mini"), a full directory (`save_pretrained`,
-    `infllava export`, `infllava convert-official`) or a parts directory; see `infllava.loading`."""
-    model, processor, _ = load_model(source, device, dtype)
+    `infllava export`, `infllava convert-official`) or a parts directory; see `infllava.loading`.
+    `quantization="nf4"` or `"int8"` loads the LM 4- or 8-bit (bitsandbytes; `infllava.quantization`)."""
+    model, processor, _ = load_model(source, device, dtype, quantization)
     return model, processor
 
 

@@ -145,8 +145,12 @@ def check_model_type(path: Path) -> dict[str, Any]:
     raise NotAnInfLlavaModel(f"{path} is not an infllava model (config.json model_type {kind!r}, expected 'infllava')")
 
 
-def load_model(source: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None) -> LoadedModel:
-    """(model, processor, provenance) from any source (module docstring), in eval mode on `device`."""
+def load_model(source: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,
+               quantization: str | None = None) -> LoadedModel:
+    """(model, processor, provenance) from any source (module docstring), in eval mode on `device`.
+    `quantization` "nf4" or "int8": the LM's linear layers through bitsandbytes (`infllava.quantization`)."""
+    from .quantization import check_quantization, quantize_language_model
+
     from .checkpoints.official import check_shards
     from .model import InfLlavaForConditionalGeneration
     from .parts import LM_DELTA_FILE, is_parts_dir, load_parts, read_manifest
@@ -154,6 +158,7 @@ def load_model(source: str | Path, device: str | None = None, dtype: str | torch
     path = resolve_source(source)
     check_model_type(path)
     device, dtype = resolve_device_dtype(device, dtype)
+    quantization = check_quantization(quantization)
     check_shards(path)
     if not is_parts_dir(path):  # a parts directory checks its files against the sha256 in parts.json
         check_weight_files(path)
@@ -182,6 +187,8 @@ def load_model(source: str | Path, device: str | None = None, dtype: str | torch
             lora = (load_file(str(path / "lora.safetensors")), json.loads((path / "lora.json").read_text()))
         provenance = Provenance(str(source), path, "full", lm_lora=lora, lm_delta=lm_delta,
                                 template=model.config.template)
+    if quantization:
+        quantize_language_model(model, quantization, dtype)
     model.to(device).eval()
     set_stop_tokens(model, processor)
     return LoadedModel(model, processor, provenance)

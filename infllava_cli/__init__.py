@@ -109,6 +109,8 @@ def _text(text: str) -> str:
 def _add_device_dtype(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=DTYPES, help="default: bfloat16 on cuda, float32 on cpu")
+    p.add_argument("--quantization", default=None, choices=["nf4", "int8", "none"],
+                   help="load the language model 4-bit (nf4) or 8-bit (int8) with bitsandbytes (default: none)")
 
 
 # ---------------------------------------------------------------------------------- commands
@@ -132,7 +134,7 @@ def _chat(args) -> int:
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)
     images = [load_image(p, max_pixels=max_pixels) for p in args.image]  # fails before the model loads
     _quiet_transformers()
-    model, processor = load(args.model_dir, device=args.device, dtype=args.dtype)
+    model, processor = load(args.model_dir, device=args.device, dtype=args.dtype, quantization=args.quantization)
     if args.max_pixels is not None:
         processor.image_processor.max_pixels = max_pixels
     session = ChatSession(model, processor, images=images, max_new_tokens=args.max_new_tokens,
@@ -245,8 +247,9 @@ def _eval(args) -> int:
     _quiet_transformers()
     r = evaluate(args.model_dir, args.data, args.images, args.out, batch_size=args.batch_size,
                  max_new_tokens=args.max_new_tokens, limit=args.limit, device=args.device, dtype=args.dtype,
-                 feature_cache=args.feature_cache)
-    print(f"model {r['model']} (views: {r['views']}) on {r['data']}: {r['seconds']} s")
+                 feature_cache=args.feature_cache, quantization=args.quantization)
+    print(f"model {r['model']} (views: {r['views']}, language model {r['quantization'] or 'unquantized'}, "
+          f"{r['lm_mib']} MiB) on {r['data']}: {r['seconds']} s, {r['seconds_per_question']} s per question")
     print(f"  overall   {100 * r['accuracy']:6.2f}%  ({r['correct']}/{r['total']})")
     for group in ("by_kind", "by_subtype"):
         for name, v in sorted(r.get(group, {}).items()):
@@ -269,7 +272,8 @@ def _serve(args) -> int:
         max_images_per_request=args.max_images_per_request, max_new_tokens_limit=args.max_new_tokens_limit,
         default_max_tokens=min(256, args.max_new_tokens_limit), max_body_bytes=args.max_body_mb * 2**20,
         batch_window_s=args.batch_window_ms / 1000, encoder_cache_size=args.encoder_cache_size)
-    serve(args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, settings=settings)
+    serve(args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype, settings=settings,
+          quantization=args.quantization)
     return 0
 
 
@@ -279,7 +283,7 @@ def _web(args) -> int:
 
     _quiet_transformers()
     web(args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype,
-        max_new_tokens=args.max_new_tokens)
+        max_new_tokens=args.max_new_tokens, quantization=args.quantization)
     return 0
 
 

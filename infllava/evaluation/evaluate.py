@@ -144,7 +144,8 @@ def check_output_path(out_path: str | Path) -> Path:
 
 
 def evaluate(model_dir, data_path, image_root=".", out_path=None, batch_size: int = 8, max_new_tokens: int = 8,
-             limit: int | None = None, device=None, dtype=None, feature_cache=None, progress: bool = True) -> dict:
+             limit: int | None = None, device=None, dtype=None, feature_cache=None, progress: bool = True,
+             quantization: str | None = None) -> dict:
     """Score `model_dir` on the questions of `data_path`. feature_cache: a folder for the frozen tower's
     outputs per crop (`infllava.model.feature_cache`): the view ablations of one benchmark share their
     crops (full = local crops + the centre global crop, which is also the thumbnail), so each crop of
@@ -153,8 +154,10 @@ def evaluate(model_dir, data_path, image_root=".", out_path=None, batch_size: in
     With `out_path`, the output is checked before the model loads, predictions are appended to
     `out_path + ".partial.jsonl"` as they come (a rerun resumes from them), and the scores and
     predictions are written to `out_path` at the end (atomically; the partial file is then removed).
-    Questions whose image cannot be read are skipped, counted and named in the result."""
+    Questions whose image cannot be read are skipped, counted and named in the result. `quantization` (nf4,
+    int8) loads the LM through bitsandbytes; the result records it and the LM's weight memory (`lm_mib`)."""
     from ..inference import load
+    from ..quantization import module_bytes
     from .hrvqa.scoring import score
 
     if batch_size < 1 or max_new_tokens < 1 or (limit is not None and limit < 1):
@@ -174,7 +177,7 @@ def evaluate(model_dir, data_path, image_root=".", out_path=None, batch_size: in
                               "max_new_tokens": max_new_tokens}) if out else None
     done = set(log.preds) | set(log.skipped) if log else set()
     todo = [r for r in records if r["id"] not in done]
-    model, processor = load(model_dir, device=device, dtype=dtype)
+    model, processor = load(model_dir, device=device, dtype=dtype, quantization=quantization)
     if feature_cache:
         from ..model.feature_cache import attach_feature_cache
 
@@ -189,6 +192,9 @@ def evaluate(model_dir, data_path, image_root=".", out_path=None, batch_size: in
     result = score(preds, scored)
     result.update(model=str(model_dir), data=str(data_path), seconds=round(time.perf_counter() - t0, 1),
                   views=model.config.views, skipped=len(skipped),
+                  quantization=getattr(model, "infllava_quantization", None),
+                  lm_mib=round(module_bytes(model.model.language_model) / 2**20, 1),
+                  seconds_per_question=round((time.perf_counter() - t0) / max(len(todo), 1), 3),
                   skip_reasons=[f"{k}: {v}" for k, v in list(skipped.items())[:20]],
                   resumed=len(done & {r["id"] for r in records}))
     if out:

@@ -98,8 +98,13 @@ class InfLlavaPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Writes the current layout (`model.*`, `lm_head.*`), not the legacy one the registered renaming
-        reads (transformers would otherwise write the renaming's source names back)."""
+        reads (transformers would otherwise write the renaming's source names back). A model whose LM was
+        quantized at load time is refused: save the full-precision model, quantize when loading it."""
         import inspect
+
+        if getattr(self, "infllava_quantization", None):
+            raise ValueError(f"this model's language model was loaded {self.infllava_quantization}-quantized and "
+                             "cannot be saved; load it without quantization to save or export it")
 
         if "save_original_format" in inspect.signature(PreTrainedModel.save_pretrained).parameters:
             kwargs.setdefault("save_original_format", False)

@@ -409,13 +409,14 @@ async def _read_body(request, limit: int) -> bytes:
 
 
 def serve(model_source: str, host: str = "127.0.0.1", port: int = 8000, device=None, dtype=None,
-          settings: ServeSettings | None = None, log_level: str = "warning") -> None:
-    """Load `model_source` (anything `infllava.load` takes) and serve it until SIGINT / SIGTERM."""
+          settings: ServeSettings | None = None, log_level: str = "warning", quantization: str | None = None) -> None:
+    """Load `model_source` (anything `infllava.load` takes; `quantization` nf4 / int8 for the LM) and serve it
+    until SIGINT / SIGTERM."""
     import uvicorn
 
     from ..inference import load
 
-    model, processor = load(model_source, device=device, dtype=dtype)
+    model, processor = load(model_source, device=device, dtype=dtype, quantization=quantization)
     settings = settings or ServeSettings()
     gc = model.generation_config
     settings.default_temperature = float(gc.temperature or 1.0) if gc.do_sample else 0.0

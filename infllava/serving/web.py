@@ -122,12 +122,12 @@ def default_examples() -> list[list[str]] | None:
 
 
 def web(model_source: str, host: str = "127.0.0.1", port: int = 7860, device=None, dtype=None,
-        max_new_tokens: int = 128) -> None:
+        max_new_tokens: int = 128, quantization: str | None = None) -> None:
     """Load `model_source` and serve the page until interrupted."""
     from ..inference import load
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    model, processor = load(model_source, device=device, dtype=dtype)
+    model, processor = load(model_source, device=device, dtype=dtype, quantization=quantization)
     demo = build_app(model, processor, title=f"INF-LLaVA: {Path(str(model_source)).name}",
                      examples=default_examples(), max_new_tokens=max_new_tokens)
     print(f"web demo on http://{host}:{port}", flush=True)
