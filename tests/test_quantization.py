@@ -95,3 +95,46 @@ def test_quantized_mini_answers_the_example(quantization):
     right = sum(infllava.answer(model, processor, root / spec["image"], q["question"], max_new_tokens=8).lower()
                 == q["answer"] for q in spec["questions"])
     assert right >= len(spec["questions"]) - 1, right
+
+
+# ---------------------------------------------------------------- QLoRA
+def test_qlora_trains_factors_over_a_4bit_lm_and_saves_it_merged_in_full_precision(tmp_path):
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from helpers import make_toy_dataset
+    from infllava.parts import _merge_lora
+    from infllava.training.build import apply_stage, build_model
+    from infllava.training.config import ConfigError, load_config
+    from infllava.training.trainer import _starting_model, train
+
+    tiny_cfg = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+    with pytest.raises(ConfigError, match="train.lora.quantization needs train.lora.enabled"):
+        load_config(tiny_cfg, ["data.path=x", "train.stage=finetune", "train.lora.quantization=nf4"])
+    with pytest.raises(ConfigError, match="unknown 'fp4'"):
+        load_config(tiny_cfg, ["data.path=x", "train.stage=finetune", "train.lora.enabled=true",
+                               "train.lora.quantization=fp4"])
+    data = make_toy_dataset(tmp_path / "data", n=8, kind="qa")
+    cfg = load_config(tiny_cfg, [f"data.path={data}", f"data.images={data.parent}", f"train.output_dir={tmp_path / 'run'}",
+                                 "train.stage=finetune", "train.lora.enabled=true", "train.lora.quantization=nf4",
+                                 "train.lr=1e-2", "train.max_steps=2", "train.freeze_mm=true"])
+    model, _, _ = build_model(cfg)
+    apply_stage(model, cfg)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any(type(m).__name__ == "Linear4bit" for m in model.model.language_model.modules())
+
+    final = train(cfg)
+    factors = load_file(str(final / "lora.safetensors"))
+    assert any(k.endswith("lora_B") and v.abs().max() > 0 for k, v in factors.items())  # the LM did train
+    saved, _ = infllava.load(final, device="cpu")  # full precision, no bitsandbytes layer
+    assert not any(type(m).__module__.startswith("bitsandbytes") for m in saved.modules())
+    # = the full-precision start with the factors merged (not a de-quantized 4-bit LM)
+    start = _starting_model(cfg)
+    import json
+
+    _merge_lora(start.model.language_model, factors, json.loads((final / "lora.json").read_text()))
+    for (name, a), (_, b) in zip(sorted(start.model.language_model.state_dict().items()),
+                                 sorted(saved.model.language_model.state_dict().items())):
+        assert torch.allclose(a, b, atol=1e-6), name

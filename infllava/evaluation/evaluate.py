@@ -1,7 +1,9 @@
 """`infllava eval`: answer every question of a LLaVA-format file and score it per kind.
 
 Questions are answered greedily in left-padded batches through `generate` (the same processor and
-templates as chat). Scoring is normalised exact match (`hrvqa.scoring.normalize_answer`), reported
+templates as chat): `encode_image` turns each image into its visual tokens and `generate_answers` answers a
+batch of conversations over them; the lmms-eval model (`infllava.evaluation.lmms_eval`) answers through the
+same two functions, so its predictions are these. Scoring is normalised exact match (`hrvqa.scoring.normalize_answer`), reported
 overall, per `kind` and per `subtype` when the records carry them. Predictions and scores are written
 as JSON so a table can be rebuilt from them.
 """
@@ -20,6 +22,33 @@ from ..data.records import load_records, record_image_paths, resolve_image_path,
 from ..processing import load_image
 
 
+def encode_image(model, processor, image) -> torch.Tensor:
+    """One image (PIL) -> its projected visual tokens (T, D), encoded on its own (a batch of one image)."""
+    param = next(model.parameters())
+    pixels = processor.image_processor.pixels([image]).to(param.device, param.dtype)
+    with torch.inference_mode():
+        return model.image_tokens(pixels)[0]
+
+
+def generate_answers(model, processor, chats, num_images, image_features, max_new_tokens: int,
+                     **sampling) -> list[str]:
+    """The answers (decoded without special tokens, stripped) to a batch of conversations.
+
+    chats: one message list per row (`processor.tokenize_chats`; a placeholder is inserted for images the
+    text does not place); num_images: the images of each row; image_features: their visual tokens in that
+    order, (N, T, D) or None. Rows are left-padded and generated together; greedy unless `sampling` says
+    otherwise (`do_sample`, `temperature`, `top_p`: passed to `generate`).
+    """
+    device = next(model.parameters()).device
+    enc = processor.tokenize_chats(chats, num_images, "left")
+    input_ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    with torch.inference_mode():
+        embeds = model.embed_inputs(input_ids, image_features=image_features)
+        out = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                             **{"do_sample": False, **sampling})
+    return [text.strip() for text in processor.batch_decode(out, skip_special_tokens=True)]
+
+
 def predict(model, processor, records, image_root, batch_size: int = 8, max_new_tokens: int = 8,
             progress: bool = True, on_batch=None) -> tuple[dict, dict]:
     """({record id: generated answer}, {record id: why it was skipped}) for the first user turn of each
@@ -34,8 +63,6 @@ def predict(model, processor, records, image_root, batch_size: int = 8, max_new_
 
     preds: dict = {}
     skipped: dict = {}
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
     cache: dict[str, torch.Tensor] = {}  # image path -> projected visual tokens (T, D)
     bad: dict[str, str] = {}  # image path -> why it cannot be read
     bar = tqdm(total=len(records), desc="eval", disable=not progress, dynamic_ncols=True)
@@ -45,12 +72,9 @@ def predict(model, processor, records, image_root, batch_size: int = 8, max_new_
             if path in cache or path in bad:
                 continue
             try:
-                pixels = processor.image_processor.pixels([load_image(path)]).to(device, dtype)
+                cache[path] = encode_image(model, processor, load_image(path))
             except (ImageLoadError, OSError) as e:
                 bad[path] = " ".join(str(e).split())
-                continue
-            with torch.inference_mode():
-                cache[path] = model.image_tokens(pixels)[0]
         batch_preds, batch_skipped, usable, chats, counts, paths = {}, {}, [], [], [], []
         for r in chunk:
             images = [resolve_image_path(p, image_root) for p in record_image_paths(r)]
@@ -63,15 +87,9 @@ def predict(model, processor, records, image_root, batch_size: int = 8, max_new_
             counts.append(len(images))
             paths += images
         if usable:
-            enc = processor.tokenize_chats(chats, counts, "left")
-            input_ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
             feats = torch.stack([cache[p] for p in paths]) if paths else None
-            with torch.inference_mode():
-                embeds = model.embed_inputs(input_ids, image_features=feats)
-                out = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                     do_sample=False)
-            for r, text in zip(usable, processor.batch_decode(out, skip_special_tokens=True)):
-                batch_preds[r["id"]] = text.strip()
+            for r, text in zip(usable, generate_answers(model, processor, chats, counts, feats, max_new_tokens)):
+                batch_preds[r["id"]] = text
         preds.update(batch_preds)
         skipped.update(batch_skipped)
         if on_batch is not None:

@@ -204,6 +204,10 @@ def apply_stage(model: InfLlavaForConditionalGeneration, cfg: RunConfig,
         if t.lora.enabled:
             from peft import LoraConfig, get_peft_model
 
+            if t.lora.quantization not in (None, "none"):  # QLoRA: the frozen LM 4/8-bit under the factors
+                from ..quantization import quantize_language_model
+
+                quantize_language_model(model, t.lora.quantization, torch.float32)
             lora = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
                               target_modules=list(t.lora.target_modules), bias="none")
             model.model.language_model = get_peft_model(model.model.language_model, lora)

@@ -60,6 +60,7 @@ class LoraConfig:
     r: int = 64
     alpha: int = 16
     dropout: float = 0.05
+    quantization: str | None = None  # nf4 / int8: the frozen LM held 4- or 8-bit under the factors (QLoRA)
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -172,6 +173,11 @@ class RunConfig:
             raise ConfigError(f"train.align_region_weight must be > 0, got {t.align_region_weight}")
         if t.lora.enabled and t.stage != "finetune":
             raise ConfigError("train.lora.enabled needs train.stage: finetune")
+        if t.lora.quantization not in (None, "none", "nf4", "int8"):
+            raise ConfigError(f"train.lora.quantization: unknown {t.lora.quantization!r} (nf4, int8, or none)")
+        if t.lora.quantization not in (None, "none") and not t.lora.enabled:
+            raise ConfigError("train.lora.quantization needs train.lora.enabled: true (QLoRA trains LoRA factors "
+                              "over the quantized LM)")
         return self
 
     def check_paths(self) -> None:

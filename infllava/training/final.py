@@ -16,11 +16,13 @@ __all__ = ["save_final"]
 
 
 def save_final(model, processor, final: Path, provenance: Provenance, gathered: dict | None = None,
-               save_full_model: bool = True) -> None:
+               save_full_model: bool = True, rebuild=None) -> None:
     """Write the trained `model` and its `processor` to `final`. provenance: what the run started from
     (`build_model`, updated by `apply_stage`). gathered: the full state dict, from the shards of a sharded
     run. save_full_model False: over packaged backbones whose LM changed by LoRA factors at most, only the
-    parts (config, adapter, LoRA factors, manifest)."""
+    parts (config, adapter, LoRA factors, manifest). rebuild: () -> the run's starting model in full precision,
+    for a QLoRA run (its LM is quantized): the full model written is that one with the trained adapter and
+    this run's LoRA factors merged into its full-precision LM, as QLoRA models are merged."""
     from safetensors.torch import save_file
 
     if gathered is not None:  # sharded training: the full weights were gathered from the shards
@@ -39,6 +41,10 @@ def save_final(model, processor, final: Path, provenance: Provenance, gathered: 
     # Over packaged backbones whose LM changed by LoRA factors at most, the parts (config, adapter, LoRA
     # factors) are the whole model: a few MB instead of the frozen backbones' hundreds.
     packaged = None if provenance.lm_delta else provenance.packaged
+    if (packaged is None or save_full_model) and getattr(model, "infllava_quantization", None):
+        if rebuild is None:
+            raise ValueError("a model with a quantized LM is saved from its full-precision start (rebuild)")
+        model = _merged_full_precision(model, rebuild(), processor)
     if packaged is None or save_full_model:
         merge_lora(model)
         if provenance.lm_delta:
@@ -51,3 +57,16 @@ def save_final(model, processor, final: Path, provenance: Provenance, gathered: 
     save_file(adapter_state_dict(model), str(final / ADAPTER_FILE))
     if packaged is not None:
         write_manifest(final, packaged["vision_tower"], packaged["language_model"], lora_meta if factors else None)
+
+
+def _merged_full_precision(trained, start, processor):
+    """`start` (the run's starting model, full precision) with `trained`'s adapter and this run's LoRA
+    factors merged into its LM: what a QLoRA run saves."""
+    from ..parts import _merge_lora
+
+    own, meta = lora_factors(trained.language_model)
+    start.model.load_state_dict(adapter_state_dict(trained), strict=False)
+    if own:
+        _merge_lora(start.model.language_model, own, meta)
+    start.config.template = processor.template
+    return start

@@ -220,11 +220,21 @@ def train(cfg: RunConfig) -> Path:
     if _is_sharded(acc):
         full = acc.get_state_dict(model)  # gathered on the main process (all processes take part)
         if acc.is_main_process:
-            save_final(acc.unwrap_model(model), processor, final, provenance, full, cfg.train.save_full_model)
+            save_final(acc.unwrap_model(model), processor, final, provenance, full, cfg.train.save_full_model,
+                       rebuild=lambda: _starting_model(cfg))
     elif acc.is_main_process:
-        save_final(acc.unwrap_model(model), processor, final, provenance, save_full_model=cfg.train.save_full_model)
+        save_final(acc.unwrap_model(model), processor, final, provenance, save_full_model=cfg.train.save_full_model,
+                   rebuild=lambda: _starting_model(cfg))
     acc.wait_for_everyone()
     return final
+
+
+def _starting_model(cfg: RunConfig):
+    """The model the run started from, rebuilt in full precision (the same seed: a preset's random start too)."""
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.train.seed)
+    return build_model(cfg).model
 
 
 def _merged_features(model, dataset, batch: int = 8):

@@ -1,0 +1,1 @@
+"""The `hrvqa` lmms-eval task: `hrvqa.yaml` (the definition) and `utils.py` (the functions it names)."""
