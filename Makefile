@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast test-oldest test-vllm bench browser clean
+.PHONY: venv demo test test-fast test-oldest test-vllm test-lmms bench browser clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -59,8 +59,21 @@ $(VLLM_ENV)/.installed: pyproject.toml requirements-vllm.txt
 test-vllm: $(VLLM_ENV)/.installed
 	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_ENV)/bin/python -m pytest -q tests_vllm
 
+# the lmms-eval plugin and hrvqa task, in .venv-lmms: lmms-eval 0.7.3 and only what it imports (no torchvision)
+LMMS_ENV := .venv-lmms
+$(LMMS_ENV)/.installed: pyproject.toml requirements-lock.txt requirements-lmms.txt scripts/install_mini.sh
+	test -x $(LMMS_ENV)/bin/python || $(PY) -m venv $(LMMS_ENV)
+	$(LMMS_ENV)/bin/pip install -q --upgrade pip
+	$(LMMS_ENV)/bin/pip install -q -c requirements-lock.txt -e '.[test]'
+	PIP=$(LMMS_ENV)/bin/pip sh scripts/install_mini.sh
+	$(LMMS_ENV)/bin/pip install -q --no-deps -r requirements-lmms.txt
+	touch $(LMMS_ENV)/.installed
+
+test-lmms: $(LMMS_ENV)/.installed
+	HF_HUB_OFFLINE=1 $(LMMS_ENV)/bin/python -m pytest -q tests_lmms
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/vision_path.py
 
 clean:
-	rm -rf $(VENV) $(OLD) $(VLLM_ENV) .pytest_cache
+	rm -rf $(VENV) $(OLD) $(VLLM_ENV) $(LMMS_ENV) .pytest_cache

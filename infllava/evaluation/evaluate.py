@@ -1,11 +1,11 @@
 """`infllava eval`: answer every question of a LLaVA-format file and score it per kind.
 
 Questions are answered greedily in left-padded batches through `generate` (the same processor and
-templates as chat): `encode_image` turns each image into its visual tokens and `generate_answers` answers a
-batch of conversations over them; the lmms-eval model (`infllava.evaluation.lmms_eval`) answers through the
-same two functions, so its predictions are these. Scoring is normalised exact match (`hrvqa.scoring.normalize_answer`), reported
-overall, per `kind` and per `subtype` when the records carry them. Predictions and scores are written
-as JSON so a table can be rebuilt from them.
+templates as chat): `encode_image` turns each image into its visual tokens and `generate_answers`
+answers a batch of conversations over them; the lmms-eval model (`infllava.evaluation.lmms_eval`)
+answers through the same two functions, so its predictions are these. Scoring is normalised exact match
+(`hrvqa.scoring.normalize_answer`), reported overall, per `kind` and per `subtype` when the records
+carry them. Predictions and scores are written as JSON so a table can be rebuilt from them.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ in order, `batch_size` at a time:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,7 @@ import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.utils import simple_parse_args_string
+from loguru import logger  # lmms-eval's logger
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -168,7 +170,8 @@ class InfLlava(lmms):
                 continuation = target if isinstance(target, str) else target(doc)
                 continuations.append(tokenizer(str(continuation), add_special_tokens=False)["input_ids"])
             enc = self.processor.tokenize_chats(chats, counts, return_tensors=None)
-            prompts = [[t for t, m in zip(ids, mask) if m] for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
+            prompts = [[t for t, m in zip(ids, mask) if m]
+                       for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
             scores = self._score(prompts, continuations, self._image_features(images))
             for i, s in zip(batch, scores):
                 results[i] = s
@@ -221,14 +224,20 @@ def _flatten(visuals) -> Iterator[Any]:
 
 
 def _digest(image: Image.Image) -> str:
-    import hashlib
-
     return hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
+
+
+_SAMPLING_KEYS = {"do_sample", "temperature", "top_p", "num_beams"}
+_ignored_warned: set[str] = set()
 
 
 def _sampling(kwargs: dict[str, Any]) -> dict[str, Any]:
     """`generate` arguments for the rest of a request's generation kwargs: greedy unless temperature > 0 and
-    do_sample is not false; num_beams above 1 is refused (not supported)."""
+    do_sample is not false; num_beams above 1 is refused (not supported); other keys are ignored, with a
+    warning (once per key)."""
+    for key in sorted(set(kwargs) - _SAMPLING_KEYS - _ignored_warned):
+        logger.warning(f"--model infllava ignores the generation setting {key}={kwargs[key]!r}")
+        _ignored_warned.add(key)
     if int(kwargs.get("num_beams") or 1) > 1:
         raise NotImplementedError("--model infllava decodes greedily or by sampling; num_beams > 1 is not supported")
     temperature = float(kwargs.get("temperature") or 0.0)
