@@ -149,11 +149,10 @@ def load_model(source: str | Path, device: str | None = None, dtype: str | torch
                quantization: str | None = None) -> LoadedModel:
     """(model, processor, provenance) from any source (module docstring), in eval mode on `device`.
     `quantization` "nf4" or "int8": the LM's linear layers through bitsandbytes (`infllava.quantization`)."""
-    from .quantization import check_quantization, quantize_language_model
-
     from .checkpoints.official import check_shards
     from .model import InfLlavaForConditionalGeneration
     from .parts import LM_DELTA_FILE, is_parts_dir, load_parts, read_manifest
+    from .quantization import check_quantization, quantize_language_model
 
     path = resolve_source(source)
     check_model_type(path)

@@ -401,3 +401,9 @@ def stop_token_ids(name: str, tokenizer: Any) -> list[int]:
     """Token ids of the template's stop strings that are single tokens of `tokenizer`."""
     vocab = tokenizer.get_vocab()
     return sorted({vocab[s] for s in get_template(name).stop_strings if s in vocab})
+
+
+def first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the first of the stop strings `stops` occurs in `text` (None: none does)."""
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None

@@ -23,6 +23,7 @@ from .images import (
     ImageLoadError,
     expand2square,
     expand_to_aspect,
+    image_key,
     is_single_image,
     load_image,
     mean_fill_color,
@@ -34,6 +35,6 @@ __all__ = [
     "DEFAULT_MAX_PIXELS", "IMAGE_PLACEHOLDER", "IMAGE_TOKEN", "LLAMA3_ASSISTANT", "LLAMA3_SEP", "LLAMA3_SYSTEM",
     "LLAMA3_USER", "PROCESSOR_CONFIG_NAME", "ImageInput", "ImageLoadError", "InfLlavaImageProcessor",
     "InfLlavaProcessor", "build_prompt", "ensure_image_token", "expand2square", "expand_to_aspect",
-    "flatten_images", "is_single_image", "load_image", "mean_fill_color", "tokenize_with_images",
+    "flatten_images", "image_key", "is_single_image", "load_image", "mean_fill_color", "tokenize_with_images",
     "tokenize_with_offsets",
 ]

@@ -9,6 +9,7 @@ pad with the mean colour as LLaVA's `expand2square` does.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import stat
@@ -287,3 +288,12 @@ def _array_to_pil(arr: Any, name: str) -> Image.Image:
             values = np.nan_to_num(values, nan=0.0) * 255.0  # floats are in [0, 1]
         arr = np.clip(np.rint(values), 0, 255).astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def image_key(image: Image.Image) -> str:
+    """The identity of an image for the caches of visual tokens (serving, lmms-eval): a digest of its size,
+    mode and pixels."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{image.size}{image.mode}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()

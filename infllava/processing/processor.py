@@ -165,6 +165,10 @@ class InfLlavaProcessor(ProcessorMixin):
         pos = first_user_content_offset(prompt, self.template, self.tokenizer)
         return prompt[:pos] + IMAGE_TOKEN + "\n" + prompt[pos:]
 
+    def _placed(self, prompt: str, num_images: int) -> str:
+        """`prompt` with "<image>\n" inserted when it has no placeholder and comes with exactly one image."""
+        return self._insert_placeholder(prompt) if num_images == 1 and IMAGE_TOKEN not in prompt else prompt
+
     def _assign_images(self, prompts: list[str], images: Any) -> list[list[Any]]:
         """Split `images` into one list per prompt (see `__call__`)."""
         n = len(prompts)
@@ -259,9 +263,8 @@ class InfLlavaProcessor(ProcessorMixin):
         out = self._encode(prompts, per_prompt, padding_side, return_tensors, add_special_tokens,
                            return_mm_token_type_ids)
         if return_text_replacement_offsets:  # set after tensor conversion: a list of dicts stays one
-            out["text_replacement_offsets"] = [
-                self._replacement_offsets(self._insert_placeholder(p) if p.count(IMAGE_TOKEN) == 0 and len(im) == 1
-                                          else p) for p, im in zip(prompts, per_prompt)]
+            out["text_replacement_offsets"] = [self._replacement_offsets(self._placed(p, len(im)))
+                                               for p, im in zip(prompts, per_prompt)]
         return out
 
     def _replacement_offsets(self, prompt: str) -> list[dict[str, Any]]:
@@ -282,10 +285,8 @@ class InfLlavaProcessor(ProcessorMixin):
         all_images: list[Any] = []
         sequences: list[list[int]] = []
         for i, (prompt, imgs) in enumerate(zip(prompts, per_prompt)):
+            prompt = self._placed(prompt, len(imgs))
             count = prompt.count(IMAGE_TOKEN)
-            if count == 0 and len(imgs) == 1:
-                prompt = self._insert_placeholder(prompt)
-                count = 1
             if count != len(imgs):
                 which = f"prompt {i}" if len(prompts) > 1 else "the prompt"
                 raise ValueError(

@@ -22,7 +22,6 @@ Notation: B rows in the batch, L prompt length, V vocabulary.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import itertools
 from collections import OrderedDict
@@ -33,6 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+
+from ..processing.images import image_key
+from ..templates import first_stop
 
 
 class QueueFull(Exception):
@@ -198,7 +200,7 @@ class Engine:
         """(N, T, D) visual tokens of the batch's images: those seen recently come from the encoder cache
         (keyed by their pixels; several questions about one image encode it once), the others are encoded
         together in one tower call."""
-        keys = [_image_key(im) for im in images]
+        keys = [image_key(im) for im in images]
         known = {k: self._encoded[k] for k in keys if k in self._encoded}
         todo = list(dict.fromkeys(k for k in keys if k not in known))
         if todo:
@@ -239,7 +241,7 @@ class Engine:
         else:
             row.generated.append(token)
         text = self.processor.tokenizer.decode(row.generated, skip_special_tokens=True)
-        cut = _first_stop(text, req.stop)
+        cut = first_stop(text, req.stop)
         if cut is not None:
             text, finish = text[:cut], "stop"
         if finish is None and len(row.generated) >= req.max_tokens:
@@ -256,19 +258,6 @@ class Engine:
             req.emit("done", {"finish_reason": finish, "prompt_tokens": len(req.prompt_ids),
                               "completion_tokens": len(row.generated)})
         return finish
-
-
-def _image_key(image) -> str:
-    """The identity of an image for the encoder cache: a digest of its size, mode and pixels."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{image.size}{image.mode}".encode())
-    h.update(image.tobytes())
-    return h.hexdigest()
-
-
-def _first_stop(text: str, stops: list[str]) -> int | None:
-    hits = [text.find(s) for s in stops if s and s in text]
-    return min(hits) if hits else None
 
 
 def _generator(seed: int | None, device) -> torch.Generator | None:

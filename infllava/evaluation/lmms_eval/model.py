@@ -22,7 +22,6 @@ in order, `batch_size` at a time:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -37,7 +36,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ...inference import load
-from ...processing import load_image
+from ...processing import image_key, load_image
+from ...templates import first_stop
 from ..evaluate import encode_image, generate_answers
 
 __all__ = ["InfLlava"]
@@ -82,7 +82,7 @@ class InfLlava(lmms):
         self.max_new_tokens = _as_int("max_new_tokens", max_new_tokens)
         self.model, self.processor = load(pretrained, device=device, dtype=dtype)
         self.pretrained = str(pretrained)
-        self._images: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._images: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "InfLlava":
@@ -100,6 +100,20 @@ class InfLlava(lmms):
     def _doc(self, task: str, split: str, doc_id: int):
         return self.task_dict[task][split][doc_id]
 
+    def _conversations(self, requests: list[Instance], batch: list[int]):
+        """(one user message per request: its context, the image count of each, all their images in order,
+        their documents) for the requests at the indices `batch`."""
+        chats, counts, images, docs = [], [], [], []
+        for i in batch:
+            context, _, doc_to_visual, doc_id, task, split = requests[i].args
+            doc = self._doc(task, split, doc_id)
+            imgs = self._images_of(doc_to_visual, doc)
+            chats.append([{"role": "user", "content": context}])
+            counts.append(len(imgs))
+            images += imgs
+            docs.append(doc)
+        return chats, counts, images, docs
+
     def _images_of(self, doc_to_visual, doc) -> list[Image.Image]:
         visuals = doc_to_visual(doc) if doc_to_visual is not None else None
         out = []
@@ -115,7 +129,7 @@ class InfLlava(lmms):
         by the pixels."""
         feats = []
         for image in images:
-            key = (image.size, image.mode, _digest(image))
+            key = image_key(image)
             if key not in self._images:
                 self._images[key] = encode_image(self.model, self.processor, image)
                 if len(self._images) > _IMAGE_CACHE_SIZE:
@@ -134,17 +148,11 @@ class InfLlava(lmms):
             until = [until] if isinstance(until, str) else list(until or [])
             max_new_tokens = _as_int("max_new_tokens", kwargs.pop("max_new_tokens", None) or self.max_new_tokens)
             sampling = _sampling(kwargs)
-            chats, counts, images = [], [], []
-            for i in batch:
-                context, _, doc_to_visual, doc_id, task, split = requests[i].args
-                imgs = self._images_of(doc_to_visual, self._doc(task, split, doc_id))
-                chats.append([{"role": "user", "content": context}])
-                counts.append(len(imgs))
-                images += imgs
+            chats, counts, images, _ = self._conversations(requests, batch)
             answers = generate_answers(self.model, self.processor, chats, counts, self._image_features(images),
                                        max_new_tokens, **sampling)
             for i, text in zip(batch, answers):
-                results[i] = _cut(text, until)
+                results[i] = text[:first_stop(text, until)]
             bar.update(len(batch))
         bar.close()
         return results
@@ -159,14 +167,10 @@ class InfLlava(lmms):
         tokenizer = self.processor.tokenizer
         bar = tqdm(total=len(requests), desc="infllava loglikelihood", disable=self.rank != 0)
         for batch in self._batches(requests, by_kwargs=False):
-            chats, counts, images, continuations = [], [], [], []
-            for i in batch:
-                context, target, doc_to_visual, doc_id, task, split = requests[i].args
-                doc = self._doc(task, split, doc_id)
-                imgs = self._images_of(doc_to_visual, doc)
-                chats.append([{"role": "user", "content": context}])
-                counts.append(len(imgs))
-                images += imgs
+            chats, counts, images, docs = self._conversations(requests, batch)
+            continuations = []
+            for i, doc in zip(batch, docs):
+                target = requests[i].args[1]
                 continuation = target if isinstance(target, str) else target(doc)
                 continuations.append(tokenizer(str(continuation), add_special_tokens=False)["input_ids"])
             enc = self.processor.tokenize_chats(chats, counts, return_tensors=None)
@@ -223,10 +227,6 @@ def _flatten(visuals) -> Iterator[Any]:
         yield visuals
 
 
-def _digest(image: Image.Image) -> str:
-    return hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
-
-
 _SAMPLING_KEYS = {"do_sample", "temperature", "top_p", "num_beams"}
 _ignored_warned: set[str] = set()
 
@@ -247,7 +247,3 @@ def _sampling(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"do_sample": True, "temperature": temperature, **({"top_p": float(top_p)} if top_p is not None else {})}
 
 
-def _cut(text: str, until: Sequence[str]) -> str:
-    """`text` up to the first occurrence of any stop string (all of it when none occurs)."""
-    cut = min((i for i in (text.find(s) for s in until if s) if i >= 0), default=len(text))
-    return text[:cut]
