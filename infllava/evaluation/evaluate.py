@@ -192,7 +192,8 @@ def evaluate(model_dir, data_path, image_root=".", out_path=None, batch_size: in
     if limit:
         records = records[:limit]
     log = PredictionLog(out, {"model": str(model_dir), "data": str(Path(data_path).resolve()),
-                              "max_new_tokens": max_new_tokens}) if out else None
+                              "max_new_tokens": max_new_tokens, "quantization": quantization or "none"}) \
+        if out else None
     done = set(log.preds) | set(log.skipped) if log else set()
     todo = [r for r in records if r["id"] not in done]
     model, processor = load(model_dir, device=device, dtype=dtype, quantization=quantization)

@@ -26,7 +26,11 @@ def save_final(model, processor, final: Path, provenance: Provenance, gathered: 
     from safetensors.torch import save_file
 
     if gathered is not None:  # sharded training: the full weights were gathered from the shards
-        model.load_state_dict(gathered, strict=False, assign=True)
+        result = model.load_state_dict(gathered, strict=False)
+        missing = [k for k in result.missing_keys if k in dict(model.named_parameters())]
+        if missing or result.unexpected_keys:
+            raise ValueError(f"the gathered weights do not match the model: missing {missing[:5]}, "
+                             f"unexpected {result.unexpected_keys[:5]}")
     final.mkdir(parents=True, exist_ok=True)
     factors, lora_meta = lora_factors(model.language_model)
     if provenance.lm_lora is not None:  # the base's LM holds its factors merged: keep both

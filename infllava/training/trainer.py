@@ -59,7 +59,6 @@ class _StepBatches(torch.utils.data.Sampler):
 
 def train(cfg: RunConfig) -> Path:
     """Run a stage; returns the directory of the final model (`OUTPUT/final`)."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
 
     t = cfg.train
@@ -68,16 +67,7 @@ def train(cfg: RunConfig) -> Path:
         from .align import train_align
 
         return train_align(cfg)
-    # A second train() in one process (tests, notebooks) may ask for another precision: accelerate keeps
-    # its settings in a process-wide singleton, so drop them (the distributed set-up itself is kept).
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    acc = Accelerator(
-        cpu=not torch.cuda.is_available(),  # on CPU, torchrun / accelerate launch give gloo DDP
-        mixed_precision="bf16" if t.precision == "bf16" else "no",
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
+    acc = _accelerator(t)
     world, rank = acc.num_processes, acc.process_index
     out = Path(t.output_dir)
     set_seed(t.seed)  # the same initial weights on every process and every run
@@ -147,6 +137,7 @@ def train(cfg: RunConfig) -> Path:
         _check_same_run(ckpt, state.pop("config", None), cfg)
         acc.print(f"resumed from {ckpt} at step {state['step']}")
 
+    trained = [p for p in model.parameters() if p.requires_grad]
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=_StepBatches(order_fn, state["step"], total, steps_per_epoch, G, mb, world, rank),
         collate_fn=partial(collate, pad_token_id=_pad_id(processor)), num_workers=cfg.data.num_workers,
@@ -173,8 +164,8 @@ def train(cfg: RunConfig) -> Path:
                     loss, s = _micro_loss(model, b, acc, n_global, world)
                     acc.backward(loss)
                     loss_sum += s
-            if t.max_grad_norm > 0:
-                acc.clip_grad_norm_(params, t.max_grad_norm)
+            if t.max_grad_norm > 0:  # every trained weight, as prepared (FSDP replaces them by sharded ones)
+                acc.clip_grad_norm_(trained, t.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -219,14 +210,51 @@ def train(cfg: RunConfig) -> Path:
     final = out / "final"
     if _is_sharded(acc):
         full = acc.get_state_dict(model)  # gathered on the main process (all processes take part)
-        if acc.is_main_process:
-            save_final(acc.unwrap_model(model), processor, final, provenance, full, cfg.train.save_full_model,
-                       rebuild=lambda: _starting_model(cfg))
+        if acc.is_main_process:  # the trained model is sharded: its full weights go into an unsharded copy
+            save_final(_unsharded_model(cfg), processor, final, provenance, full, cfg.train.save_full_model)
     elif acc.is_main_process:
         save_final(acc.unwrap_model(model), processor, final, provenance, save_full_model=cfg.train.save_full_model,
                    rebuild=lambda: _starting_model(cfg))
     acc.wait_for_everyone()
     return final
+
+
+def _accelerator(t):
+    """The run's Accelerator. On CPU, torchrun / `accelerate launch` give gloo DDP; and a sharded launch
+    (`accelerate launch --config_file configs/accelerate/{fsdp,deepspeed_zero*}.yaml`, which sets
+    ACCELERATE_USE_FSDP / ACCELERATE_USE_DEEPSPEED) gets accelerate's own FSDP2 / DeepSpeed code over gloo:
+    accelerate 1.x enables those only on accelerator devices, so the multi-process CPU state is handed to
+    them as a GPU run's would be. That is how the sharded paths are tested on CPU machines (tests/test_sharded.py)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    # A second train() in one process (tests, notebooks) may ask for another precision: accelerate keeps
+    # its settings in a process-wide singleton, so drop them (the distributed set-up itself is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    cpu = not torch.cuda.is_available()
+    kind = sharding_requested()
+    if cpu and kind:
+        state = PartialState(cpu=True)
+        if state.distributed_type != DistributedType.MULTI_CPU:
+            raise ConfigError(f"{kind} on CPU needs several processes (accelerate launch --num_processes N, N >= 2); "
+                              f"for one process use `infllava train` without the {kind} config")
+        state.distributed_type = DistributedType.MULTI_GPU  # read by AcceleratorState to select FSDP
+        cpu = False
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision="bf16" if t.precision == "bf16" else "no",
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def sharding_requested() -> str | None:
+    """"FSDP" or "DeepSpeed" when this process was started by `accelerate launch` with such a config."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "DeepSpeed"
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "FSDP"
+    return None
 
 
 def _starting_model(cfg: RunConfig):
@@ -235,6 +263,17 @@ def _starting_model(cfg: RunConfig):
 
     set_seed(cfg.train.seed)
     return build_model(cfg).model
+
+
+def _unsharded_model(cfg: RunConfig):
+    """The run's model as built before sharding (frozen parts, LoRA wrappers), on CPU: what the gathered
+    full weights of a sharded run are loaded into for `save_final`."""
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.train.seed)
+    built = build_model(cfg)
+    apply_stage(built.model, cfg)
+    return built.model
 
 
 def _merged_features(model, dataset, batch: int = 8):
