@@ -292,10 +292,19 @@ class InfLlavaModel(InfLlavaPreTrainedModel):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         image_outputs = None
         if inputs_embeds is None:
-            if pixel_values is not None and image_features is None and (input_ids == self.config.image_token_id).any():
-                image_outputs = self.get_image_features(pixel_values)
-                image_features = image_outputs.pooler_output
+            standin = None
+            if pixel_values is not None and image_features is None:
+                if (input_ids == self.config.image_token_id).any():
+                    image_outputs = self.get_image_features(pixel_values)
+                    image_features = image_outputs.pooler_output
+                elif self.training:  # a text-only training batch with a stand-in image: see below
+                    standin = self.projector(self.encode_images(pixel_values))
             inputs_embeds = self.embed_inputs(input_ids, None, image_features)
+            if standin is not None:
+                # The vision path runs and adds exactly zero, so every trained weight of it gets a (zero)
+                # gradient on every process: DeepSpeed ZeRO reduces and gathers the same weights on all
+                # processes in lock-step (LLaVA does the same with a blank image for text-only samples).
+                inputs_embeds = inputs_embeds + 0.0 * standin.sum()
         elif pixel_values is not None:
             raise ValueError("pixel_values cannot be combined with inputs_embeds (embed the images first)")
         context = getattr(self.config.text_config, "max_position_embeddings", None)

@@ -17,12 +17,14 @@ import math
 import os
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..data.records import load_records, record_image_paths, resolve_image_path
 from .build import apply_stage, build_model, fit_projector_input_norm
@@ -59,7 +61,7 @@ class _StepBatches(torch.utils.data.Sampler):
 
 def train(cfg: RunConfig) -> Path:
     """Run a stage; returns the directory of the final model (`OUTPUT/final`)."""
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
 
     t = cfg.train
     cfg.check_paths()  # before any work: the data exists
@@ -71,7 +73,9 @@ def train(cfg: RunConfig) -> Path:
     world, rank = acc.num_processes, acc.process_index
     out = Path(t.output_dir)
     set_seed(t.seed)  # the same initial weights on every process and every run
-    model, processor, provenance = build_model(cfg)
+    deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
+    with _whole_model_construction(acc) if deepspeed else _nullctx():
+        model, processor, provenance = build_model(cfg)
     provenance = apply_stage(model, cfg, provenance)
     if t.feature_cache:
         from ..model.feature_cache import attach_feature_cache
@@ -92,6 +96,7 @@ def train(cfg: RunConfig) -> Path:
     G, mb = t.global_batch_size, t.micro_batch_size
     if G % (mb * world):
         raise ConfigError(f"train.global_batch_size={G} is not a multiple of micro_batch_size x processes = {mb} x {world}")
+    ga = G // (mb * world)  # micro-batches per process per optimiser step
     steps_per_epoch = len(dataset) // G
     if steps_per_epoch == 0:
         raise ConfigError(f"{len(dataset)} samples cannot fill one global batch of {G}")
@@ -127,6 +132,10 @@ def train(cfg: RunConfig) -> Path:
     sharded = _is_sharded(acc)
     if ckpt is not None and not sharded:
         state.update(load_checkpoint(ckpt, model, optimizer, scheduler))
+    if deepspeed:  # the run's batch and clipping decide, whatever the accelerate config file says
+        acc.state.deepspeed_plugin.deepspeed_config.update(
+            train_micro_batch_size_per_gpu=mb, gradient_accumulation_steps=ga, train_batch_size=G,
+            gradient_clipping=t.max_grad_norm, zero_allow_untested_optimizer=True)
     model, optimizer = acc.prepare(model, optimizer)
     if sharded:  # FSDP / DeepSpeed: accelerate writes and reads the sharded states
         acc.register_for_checkpointing(scheduler)
@@ -138,6 +147,7 @@ def train(cfg: RunConfig) -> Path:
         acc.print(f"resumed from {ckpt} at step {state['step']}")
 
     trained = [p for p in model.parameters() if p.requires_grad]
+    standin = processor.image_processor.pixels(Image.new("RGB", (8, 8))) if deepspeed else None
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=_StepBatches(order_fn, state["step"], total, steps_per_epoch, G, mb, world, rank),
         collate_fn=partial(collate, pad_token_id=_pad_id(processor)), num_workers=cfg.data.num_workers,
@@ -145,7 +155,6 @@ def train(cfg: RunConfig) -> Path:
     )
     log = _Logger(out, acc, t.report_to, cfg) if acc.is_main_process else None
     stop = _StopFlag()
-    ga = G // (mb * world)
     micro_iter = iter(loader)
     model.train()
     t0, samples_since = time.perf_counter(), 0
@@ -161,10 +170,14 @@ def train(cfg: RunConfig) -> Path:
             for i, b in enumerate(micros):
                 ctx = acc.no_sync(model) if i < ga - 1 else _nullctx()
                 with ctx:
-                    loss, s = _micro_loss(model, b, acc, n_global, world)
-                    acc.backward(loss)
+                    loss, s = _micro_loss(model, b, acc, n_global, world, standin)
+                    if deepspeed:  # the engine steps (and clips) after the last micro-batch; the loss is
+                        acc.sync_gradients = i == ga - 1  # already the global mean: no scaling by ga
+                        acc.backward(loss, scale_wrt_gas=False)
+                    else:
+                        acc.backward(loss)
                     loss_sum += s
-            if t.max_grad_norm > 0:  # every trained weight, as prepared (FSDP replaces them by sharded ones)
+            if t.max_grad_norm > 0 and not deepspeed:  # every trained weight, as prepared (FSDP replaces them by sharded ones)
                 acc.clip_grad_norm_(trained, t.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -211,7 +224,9 @@ def train(cfg: RunConfig) -> Path:
     if _is_sharded(acc):
         full = acc.get_state_dict(model)  # gathered on the main process (all processes take part)
         if acc.is_main_process:  # the trained model is sharded: its full weights go into an unsharded copy
-            save_final(_unsharded_model(cfg), processor, final, provenance, full, cfg.train.save_full_model)
+            with _whole_model_construction(acc) if deepspeed else _nullctx():
+                plain = _unsharded_model(cfg)
+            save_final(plain, processor, final, provenance, full, cfg.train.save_full_model)
     elif acc.is_main_process:
         save_final(acc.unwrap_model(model), processor, final, provenance, save_full_model=cfg.train.save_full_model,
                    rebuild=lambda: _starting_model(cfg))
@@ -246,6 +261,20 @@ def _accelerator(t):
         mixed_precision="bf16" if t.precision == "bf16" else "no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+
+
+@contextmanager
+def _whole_model_construction(acc):
+    """Under ZeRO-3, transformers builds models partitioned (deepspeed.zero.Init) while accelerate's DeepSpeed
+    config is registered with it. infllava builds the whole model in every process (its parts load like any
+    run's) and ZeRO-3 partitions it in `prepare`; so the registration is lifted while the model is built."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        acc.state.deepspeed_plugin.set_deepspeed_weakref()
 
 
 def sharding_requested() -> str | None:
@@ -297,12 +326,15 @@ def _merged_features(model, dataset, batch: int = 8):
         model.train(was_training)
 
 
-def _micro_loss(model, b, acc, n_global, world):
-    """(loss to backpropagate, summed token loss) for one micro-batch."""
+def _micro_loss(model, b, acc, n_global, world, standin=None):
+    """(loss to backpropagate, summed token loss) for one micro-batch. standin: a blank image [1, 3, H, W] that
+    a text-only micro-batch runs through the vision path (adding zero), so every process computes the same
+    weights' gradients (DeepSpeed ZeRO needs it; DDP and FSDP do not)."""
     if b["input_ids"].numel() == 0:  # everything skipped: a zero loss still joins the gradient sync
         zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
         return zero, torch.zeros((), device=acc.device)
-    pixel_values = b["pixel_values"].to(acc.device) if b["pixel_values"] is not None else None
+    pixel_values = b["pixel_values"] if b["pixel_values"] is not None else standin
+    pixel_values = pixel_values.to(acc.device) if pixel_values is not None else None
     labels = b["labels"].to(acc.device)
     # Logits only where some row is supervised: position t predicts token t + 1. The LM head over a
     # 50k-token vocabulary at every position would otherwise cost a fifth of a small LM's step.
