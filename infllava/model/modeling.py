@@ -302,7 +302,7 @@ class InfLlavaModel(InfLlavaPreTrainedModel):
             inputs_embeds = self.embed_inputs(input_ids, None, image_features)
             if standin is not None:
                 # The vision path runs and adds exactly zero, so every trained weight of it gets a (zero)
-                # gradient on every process: DeepSpeed ZeRO reduces and gathers the same weights on all
+                # gradient on every process: FSDP and DeepSpeed ZeRO reduce and gather the same weights on all
                 # processes in lock-step (LLaVA does the same with a blank image for text-only samples).
                 inputs_embeds = inputs_embeds + 0.0 * standin.sum()
         elif pixel_values is not None:

@@ -74,6 +74,12 @@ def train(cfg: RunConfig) -> Path:
     out = Path(t.output_dir)
     set_seed(t.seed)  # the same initial weights on every process and every run
     deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
+    layout = _layout(acc)
+    ckpt = _resume_path(t.resume, out)
+    if ckpt is not None:  # before any work: the checkpoint can be resumed by this launch
+        _check_resumable(ckpt, layout, world)
+    if deepspeed and t.lora.enabled and t.lora.quantization not in (None, "none"):
+        raise ConfigError("train.lora.quantization (QLoRA) is not supported under DeepSpeed; use one process, DDP or FSDP")
     with _whole_model_construction(acc) if deepspeed else _nullctx():
         model, processor, provenance = build_model(cfg)
     provenance = apply_stage(model, cfg, provenance)
@@ -128,7 +134,6 @@ def train(cfg: RunConfig) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_lambda, warmup=warmup, total=total,
                                                                       kind=t.scheduler))
     state = {"step": 0, "samples": 0, "skipped": 0}
-    ckpt = _resume_path(t.resume, out)
     sharded = _is_sharded(acc)
     if ckpt is not None and not sharded:
         state.update(load_checkpoint(ckpt, model, optimizer, scheduler))
@@ -147,7 +152,7 @@ def train(cfg: RunConfig) -> Path:
         acc.print(f"resumed from {ckpt} at step {state['step']}")
 
     trained = [p for p in model.parameters() if p.requires_grad]
-    standin = processor.image_processor.pixels(Image.new("RGB", (8, 8))) if deepspeed else None
+    standin = processor.image_processor.pixels(Image.new("RGB", (8, 8))) if _is_sharded(acc) else None
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=_StepBatches(order_fn, state["step"], total, steps_per_epoch, G, mb, world, rank),
         collate_fn=partial(collate, pad_token_id=_pad_id(processor)), num_workers=cfg.data.num_workers,
@@ -212,6 +217,13 @@ def train(cfg: RunConfig) -> Path:
             if stopping:
                 acc.print(f"stopped at step {state['step']} (checkpoint saved); rerun to resume")
                 raise KeyboardInterrupt
+        memory = _memory_report(model, optimizer)  # every process's, in the log (benchmarks/train_memory.py)
+        if world > 1:
+            gathered = [None] * world
+            torch.distributed.all_gather_object(gathered, memory)
+            memory = gathered
+        if log:
+            log.event({"event": "memory", "processes": memory if world > 1 else [memory]})
     finally:
         stop.restore()
         bar.close()
@@ -329,7 +341,8 @@ def _merged_features(model, dataset, batch: int = 8):
 def _micro_loss(model, b, acc, n_global, world, standin=None):
     """(loss to backpropagate, summed token loss) for one micro-batch. standin: a blank image [1, 3, H, W] that
     a text-only micro-batch runs through the vision path (adding zero), so every process computes the same
-    weights' gradients (DeepSpeed ZeRO needs it; DDP and FSDP do not)."""
+    weights' gradients: ZeRO and FSDP reduce the gradients a process has, and desynchronise otherwise (DDP
+    handles unused weights itself)."""
     if b["input_ids"].numel() == 0:  # everything skipped: a zero loss still joins the gradient sync
         zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
         return zero, torch.zeros((), device=acc.device)
@@ -356,9 +369,69 @@ def _is_sharded(acc) -> bool:
     return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
+def _memory_report(model, optimizer) -> dict:
+    """What this process holds at the end of training, in MiB: the model's weights as stored here (a shard
+    under FSDP / ZeRO-3), the optimiser's (its states and any master copies of the weights, e.g. ZeRO's
+    fp32 partitions), and the process's peak resident memory."""
+    import resource
+
+    seen: set[int] = set()
+
+    def mib(tensors) -> float:
+        total = 0
+        for t in tensors:
+            t = t.to_local() if hasattr(t, "to_local") else t  # a DTensor: this process's shard
+            storage = t.untyped_storage()
+            if storage.data_ptr() in seen or storage.nbytes() == 0:
+                continue
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+        return round(total / 2**20, 1)
+
+    params = mib(getattr(p, "ds_tensor", p) for p in model.parameters())  # ds_tensor: ZeRO-3's partition
+    inner = optimizer
+    while hasattr(inner, "optimizer"):  # accelerate's wrapper, DeepSpeed's ZeRO optimiser, ... torch's
+        inner = inner.optimizer
+    opt = [p for g in inner.param_groups for p in g["params"]]
+    opt += [v for st in inner.state.values() for v in st.values() if torch.is_tensor(v)]
+    return {"rank": int(os.environ.get("RANK", 0)), "params_mib": params, "optimizer_mib": mib(opt),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def _layout(acc) -> str:
+    """How a checkpoint of this launch stores its states: "FSDP" (full state dicts: any number of processes
+    can resume it), "DeepSpeed ZeRO-N" (one partition per process) or "plain" (one process or DDP)."""
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type == DistributedType.FSDP:
+        return "FSDP"
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        return f"DeepSpeed ZeRO-{acc.state.deepspeed_plugin.zero_stage}"
+    return "plain"
+
+
+def _check_resumable(ckpt: Path, layout: str, world: int) -> None:
+    """ConfigError, before any work, when this launch cannot resume `ckpt`: another kind of launch wrote it,
+    or DeepSpeed partitions written by another number of processes."""
+    try:
+        saved = json.loads((ckpt / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"train.resume: {ckpt}/state.json cannot be read ({e})") from e
+    was, n = saved.get("layout"), saved.get("processes")
+    if was is None:  # written before these were recorded: the checkpoint's files tell
+        was = "plain" if (ckpt / "trainable.safetensors").exists() else None
+    if was is not None and was != layout:
+        raise ConfigError(f"{ckpt} was written by a {was} launch ({n or '?'} processes) and this is a {layout} "
+                          f"launch: resume it with the same kind of launch (the same accelerate config), or set "
+                          f"train.resume=none to start over")
+    if layout.startswith("DeepSpeed") and n is not None and n != world:
+        raise ConfigError(f"{ckpt} holds DeepSpeed's per-process partitions of {n} processes; this launch has "
+                          f"{world}: resume it with --num_processes {n} (FSDP checkpoints resume on any number)")
+
+
 def _save(acc, out, model, optimizer, scheduler, state, cfg):
     acc.wait_for_everyone()
-    st = dict(state, config=cfg.to_dict())
+    st = dict(state, config=cfg.to_dict(), processes=acc.num_processes, layout=_layout(acc))
     if _is_sharded(acc):
         save_sharded_checkpoint(acc, out, st, cfg.train.keep_last)
     elif acc.is_main_process:
@@ -495,6 +568,9 @@ class _Logger:
                     self.tb.add_scalar(k, v, rec["step"])
         if self.wandb:
             self.wandb.log(rec, step=rec["step"])
+
+    def event(self, rec: dict) -> None:
+        self.file.write(json.dumps(rec) + "\n")
 
     def skip(self, sample_id, reason: str) -> None:
         self.file.write(json.dumps({"event": "skip", "id": sample_id, "reason": reason}) + "\n")
