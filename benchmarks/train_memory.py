@@ -3,9 +3,10 @@
 The same run each time: INF-LLaVA-mini (EfficientNet-Lite0 + SmolLM2-135M) fine-tuned in full (the whole LM,
 DEM and projector trained, AdamW, float32) for `--steps` steps on toy question-answer data, on CPU (gloo).
 The trainer logs what every process holds at the end (`"event": "memory"` in train.log): the weights as
-stored there (a shard under FSDP / ZeRO-3), the optimiser's states and master copies, and peak resident
-memory. Peak resident memory includes torch itself and the whole model every process builds before it is
-sharded, so the held weights + optimiser figures are the ones sharding divides.
+stored there (a shard under FSDP / ZeRO-3), the optimiser's states and master copies, and the peak resident
+memory of the training steps (Linux VmHWM, reset when the steps start). Resident memory also counts torch
+itself, activations, gradients and communication buffers, so the held weights + optimiser figures are the
+ones sharding divides. The largest figure over a launch's processes is shown.
 
     python benchmarks/train_memory.py [--steps 2] [--launches one ddp fsdp zero3 zero2] [--keep DIR]
 """
@@ -73,7 +74,7 @@ def main() -> None:
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"INF-LLaVA-mini, LM trained in full, {args.steps} steps, float32")
     print("| launch | processes | weights held / process | optimiser / process | weights + optimiser | "
-          "peak resident / process | wall |")
+          "peak resident, training steps | wall |")
     print("|---|---|---|---|---|---|---|")
     for i, launch in enumerate(args.launches):
         out = work / launch

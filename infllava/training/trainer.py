@@ -161,6 +161,7 @@ def train(cfg: RunConfig) -> Path:
     log = _Logger(out, acc, t.report_to, cfg) if acc.is_main_process else None
     stop = _StopFlag()
     micro_iter = iter(loader)
+    _reset_peak_memory()
     model.train()
     t0, samples_since = time.perf_counter(), 0
     bar = _progress(acc, state["step"], total)
@@ -372,7 +373,7 @@ def _is_sharded(acc) -> bool:
 def _memory_report(model, optimizer) -> dict:
     """What this process holds at the end of training, in MiB: the model's weights as stored here (a shard
     under FSDP / ZeRO-3), the optimiser's (its states and any master copies of the weights, e.g. ZeRO's
-    fp32 partitions), and the process's peak resident memory."""
+    fp32 partitions), and the peak resident memory of the training steps (Linux; elsewhere the process's)."""
     import resource
 
     seen: set[int] = set()
@@ -394,8 +395,23 @@ def _memory_report(model, optimizer) -> dict:
         inner = inner.optimizer
     opt = [p for g in inner.param_groups for p in g["params"]]
     opt += [v for st in inner.state.values() for v in st.values() if torch.is_tensor(v)]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's, loading included
+    try:  # Linux: the peak since _reset_peak_memory (the training steps)
+        status = Path("/proc/self/status").read_text()
+        peak = int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1]) / 1024
+    except (OSError, StopIteration, ValueError):
+        pass
     return {"rank": int(os.environ.get("RANK", 0)), "params_mib": params, "optimizer_mib": mib(opt),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mib": round(peak, 1)}
+
+
+def _reset_peak_memory() -> None:
+    """Linux: start the process's peak resident memory (VmHWM) afresh, so the memory report shows the training
+    steps' peak rather than loading's (GGUF weights are dequantised while loading, for one)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def _layout(acc) -> str:
