@@ -179,3 +179,12 @@ def test_sharded_final_model_loads_and_answers(sharded):
     text = infllava.answer(model, processor, Image.new("RGB", (64, 48), "red"), "What colour is it?",
                            max_new_tokens=3)
     assert isinstance(text, str)
+
+
+def test_qlora_under_sharding_is_refused_before_any_work(data, tmp_path):
+    out = tmp_path / "run"
+    cmd = _launch_cmd("fsdp", 2, *_common(data, "lora"), "train.lora.quantization=nf4", f"train.output_dir={out}")
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "QLoRA) is not supported under FSDP" in done.stderr
+    assert not (out / "train.log").exists()

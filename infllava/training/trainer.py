@@ -78,8 +78,8 @@ def train(cfg: RunConfig) -> Path:
     ckpt = _resume_path(t.resume, out)
     if ckpt is not None:  # before any work: the checkpoint can be resumed by this launch
         _check_resumable(ckpt, layout, world)
-    if deepspeed and t.lora.enabled and t.lora.quantization not in (None, "none"):
-        raise ConfigError("train.lora.quantization (QLoRA) is not supported under DeepSpeed; use one process, DDP or FSDP")
+    if layout != "plain" and t.lora.enabled and t.lora.quantization not in (None, "none"):
+        raise ConfigError(f"train.lora.quantization (QLoRA) is not supported under {layout}; use one process or DDP")
     with _whole_model_construction(acc) if deepspeed else _nullctx():
         model, processor, provenance = build_model(cfg)
     provenance = apply_stage(model, cfg, provenance)
