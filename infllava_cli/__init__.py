@@ -10,6 +10,7 @@
     infllava serve MODEL [--port 8000] [--api-key KEY]  an OpenAI-compatible server with batching
     infllava web MODEL [--port 7860]                    a web page to try it (Gradio)
     infllava hrvqa OUT --train N --val N --test N [--heldout N]   (the high-resolution VQA benchmark)
+    infllava hrvqa OUT [--mixture N --mixture-val N --generalise N]  (+ simple scenes, a held-out split)
 
 This module lives outside the `infllava` package so that parsing (and every `--help`) imports neither
 torch nor transformers: importing `infllava` registers the model with transformers' Auto classes, which
@@ -293,6 +294,10 @@ def _hrvqa(args) -> int:
     write_benchmark(args.out, train=args.train, val=args.val, test=args.test, heldout=args.heldout, size=args.size,
                     train_format=args.train_format, train_every_subtype=args.train_every_subtype,
                     captions=args.captions)
+    if args.mixture or args.mixture_val or args.generalise:
+        from infllava.evaluation.hrvqa.mixture import write_mixture_splits
+
+        write_mixture_splits(args.out, train=args.mixture, val=args.mixture_val, generalise=args.generalise)
     return 0
 
 
@@ -316,6 +321,16 @@ def add_hrvqa_arguments(p: argparse.ArgumentParser) -> None:
                         "val/test images carry: ~2.4x the supervision per image for the same tower work")
     p.add_argument("--captions", action="store_true",
                    help="also write train_captions.jsonl (image -> dense scene caption, for stage-1 alignment)")
+    p.add_argument("--mixture", type=_non_negative_int, default=0,
+                   help="also write N simple-scene training images (mixture-train.jsonl, one multi-turn record "
+                        "per image; default 0: none): varied backgrounds, sizes, shapes, colours and phrasings "
+                        "(infllava.evaluation.hrvqa.mixture; --size does not apply)")
+    p.add_argument("--mixture-val", type=_non_negative_int, default=0,
+                   help="also write N simple-scene validation images (mixture-val.jsonl, one record per question)")
+    p.add_argument("--generalise", type=_non_negative_int, default=0,
+                   help="also write N held-out simple-scene images (generalise.jsonl, one record per question): "
+                        "held-out phrasings and styles (gradient backgrounds, outlined shapes) never used in "
+                        "training; score it once, never train or select on it")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -62,5 +62,9 @@ Modules, one concern each:
 * `writing`: the split writer (`write_split`, `write_captions`, `write_subtype`) and the
   `infllava hrvqa` command (`main`);
 * `scoring`: reading the question records back (`iter_questions`, `load_jsonl`) and normalised exact
-  match, overall, per kind and per subtype (`normalize_answer`, `score`).
+  match, overall, per kind and per subtype (`normalize_answer`, `score`);
+* `mixture`: simple scenes beside the benchmark (varied backgrounds, sizes, aspect ratios, seven shapes,
+  twelve colours, many phrasings; `make_simple_scene`, `render_simple_scene`, `write_mixture`), a
+  broader training mixture and a held-out generalisation split (`--mixture N`, `--mixture-val N`,
+  `--generalise N`). HR-VQA's own splits are untouched by it.
 """
