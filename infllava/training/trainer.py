@@ -310,12 +310,9 @@ def _starting_model(cfg: RunConfig):
 def _unsharded_model(cfg: RunConfig):
     """The run's model as built before sharding (frozen parts, LoRA wrappers), on CPU: what the gathered
     full weights of a sharded run are loaded into for `save_final`."""
-    from accelerate.utils import set_seed
-
-    set_seed(cfg.train.seed)
-    built = build_model(cfg)
-    apply_stage(built.model, cfg)
-    return built.model
+    model = _starting_model(cfg)
+    apply_stage(model, cfg)
+    return model
 
 
 def _merged_features(model, dataset, batch: int = 8):

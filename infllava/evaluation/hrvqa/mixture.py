@@ -64,7 +64,7 @@ from PIL import Image, ImageDraw
 from .rendering import _background, _shape_mask
 from .scenes import COLORS, PROMPT_SUFFIX, SHAPES
 from .scoring import iter_questions
-from .writing import _human
+from .writing import write_samples
 
 __all__ = [
     "MIXTURE_VERSION",
@@ -694,33 +694,12 @@ def write_mixture(out_dir: str | os.PathLike, split: str, num_images: int,
         raise ValueError(f"questions_per_record must be 'one' or 'all', got {questions_per_record!r}")
     if not isinstance(num_images, int) or num_images < 0:
         raise ValueError(f"num_images must be an integer >= 0, got {num_images!r}")
-    out = Path(out_dir)
-    (out / "images" / split).mkdir(parents=True, exist_ok=True)
-    jsonl = out / f"{split}.jsonl"
-    tmp = jsonl.with_name(jsonl.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for index in range(num_images):
-            scene = make_simple_scene(split, index)
-            rel = f"images/{split}/{index:06d}.png"
-            render_simple_scene(scene).save(out / rel, format="PNG", compress_level=1)
-            questions = scene.questions
-            if fmt == "one":
-                for q, item in enumerate(questions):
-                    rec = {"id": f"{split}-{index}-{q}", "image": rel,
-                           "conversations": [_human(item["question"], True), {"from": "gpt", "value": item["answer"]}],
-                           "kind": item["kind"], "subtype": item["subtype"], "meta": item["meta"],
-                           "style": scene.style}
-                    f.write(json.dumps(rec) + "\n")
-            else:
-                turns = []
-                for q, item in enumerate(questions):
-                    turns += [_human(item["question"], q == 0), {"from": "gpt", "value": item["answer"]}]
-                rec = {"id": f"{split}-{index}", "image": rel, "conversations": turns,
-                       "kinds": [q["kind"] for q in questions], "subtypes": [q["subtype"] for q in questions],
-                       "style": scene.style}
-                f.write(json.dumps(rec) + "\n")
-    os.replace(tmp, jsonl)
-    return jsonl
+
+    def sample(index: int):
+        scene = make_simple_scene(split, index)
+        return render_simple_scene(scene), scene.questions, {"style": scene.style}
+
+    return write_samples(out_dir, split, num_images, sample, fmt)
 
 
 def write_mixture_splits(out: str | os.PathLike, train: int = 0, val: int = 0, generalise: int = 0,

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
+
+from PIL import Image
 
 from .rendering import make_sample
 from .scenes import (
@@ -47,13 +50,23 @@ def write_split(out_dir: str | os.PathLike, split: str, num_images: int, size: i
     if questions_per_record not in ("one", "all"):
         raise ValueError(f"questions_per_record must be 'one' or 'all', got {questions_per_record!r}")
     check_args(split, 0, size)
+    return write_samples(out_dir, split, num_images, lambda i: (*make_sample(split, i, size, every_subtype), {}),
+                         questions_per_record)
+
+
+def write_samples(out_dir: str | os.PathLike, split: str, num_images: int,
+                  sample: Callable[[int], tuple[Image.Image, list[dict[str, Any]], dict[str, Any]]],
+                  questions_per_record: str) -> Path:
+    """Write out_dir/images/{split}/ and out_dir/{split}.jsonl (atomically) from `sample(index)` ->
+    (image, questions, extra fields for every record of that image), in `write_split`'s record layout
+    (shared with the simple-scene mixture)."""
     out = Path(out_dir)
     (out / "images" / split).mkdir(parents=True, exist_ok=True)
     jsonl = out / f"{split}.jsonl"
     tmp = jsonl.with_name(jsonl.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for index in range(num_images):
-            image, questions = make_sample(split, index, size, every_subtype)
+            image, questions, extra = sample(index)
             rel = f"images/{split}/{index:06d}.png"
             image.save(out / rel, format="PNG", compress_level=1)
             if questions_per_record == "one":
@@ -61,14 +74,14 @@ def write_split(out_dir: str | os.PathLike, split: str, num_images: int, size: i
                     rec = {"id": f"{split}-{index}-{q}", "image": rel,
                            "conversations": [_human(item["question"], True),
                                              {"from": "gpt", "value": item["answer"]}],
-                           "kind": item["kind"], "subtype": item["subtype"], "meta": item["meta"]}
+                           "kind": item["kind"], "subtype": item["subtype"], "meta": item["meta"], **extra}
                     f.write(json.dumps(rec) + "\n")
             else:
                 turns = []
                 for q, item in enumerate(questions):
                     turns += [_human(item["question"], q == 0), {"from": "gpt", "value": item["answer"]}]
                 rec = {"id": f"{split}-{index}", "image": rel, "conversations": turns,
-                       "kinds": [q["kind"] for q in questions], "subtypes": [q["subtype"] for q in questions]}
+                       "kinds": [q["kind"] for q in questions], "subtypes": [q["subtype"] for q in questions], **extra}
                 f.write(json.dumps(rec) + "\n")
     os.replace(tmp, jsonl)
     return jsonl
