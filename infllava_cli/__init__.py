@@ -291,10 +291,13 @@ def _web(args) -> int:
 def _hrvqa(args) -> int:
     from infllava.evaluation.hrvqa.writing import write_benchmark
 
-    write_benchmark(args.out, train=args.train, val=args.val, test=args.test, heldout=args.heldout, size=args.size,
-                    train_format=args.train_format, train_every_subtype=args.train_every_subtype,
-                    captions=args.captions)
-    if args.mixture or args.mixture_val or args.generalise:
+    mixture = args.mixture or args.mixture_val or args.generalise
+    if not mixture or args.train or args.val or args.test or args.heldout:
+        # only the mixture asked for (every HR-VQA split 0): an HR-VQA benchmark in OUT and its hrvqa.json stay as they are
+        write_benchmark(args.out, train=args.train, val=args.val, test=args.test, heldout=args.heldout, size=args.size,
+                        train_format=args.train_format, train_every_subtype=args.train_every_subtype,
+                        captions=args.captions)
+    if mixture or args.mixture_val or args.generalise:
         from infllava.evaluation.hrvqa.mixture import write_mixture_splits
 
         write_mixture_splits(args.out, train=args.mixture, val=args.mixture_val, generalise=args.generalise)

@@ -328,6 +328,12 @@ def test_cli_writes_the_mixture_only_when_asked(tmp_path, capsys):
     only = tmp_path / "only"
     assert cli(["hrvqa", str(only), "--train", "0", "--val", "0", "--test", "0", "--generalise", "1"]) == 0
     assert (only / "generalise.jsonl").is_file() and not (only / "test.jsonl").exists()
+    # ... beside an HR-VQA benchmark: its files and hrvqa.json are left as they were
+    before = {rel: (more / rel).read_bytes() for rel in ("hrvqa.json", "train.jsonl", "test.jsonl")}
+    assert cli(["hrvqa", str(more), "--train", "0", "--val", "0", "--test", "0", "--generalise", "3"]) == 0
+    assert {rel: (more / rel).read_bytes() for rel in before} == before
+    splits = json.loads((more / "mixture.json").read_text())["splits"]
+    assert {k: v["images"] for k, v in splits.items()} == {"mixture-train": 2, "mixture-val": 1, "generalise": 3}
 
 
 @pytest.mark.parametrize("option,value", [("--mixture", "-1"), ("--generalise", "x"), ("--mixture-val", "1.5")])

@@ -705,7 +705,8 @@ def write_mixture(out_dir: str | os.PathLike, split: str, num_images: int,
 def write_mixture_splits(out: str | os.PathLike, train: int = 0, val: int = 0, generalise: int = 0,
                          log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Write the mixture splits asked for (n images each; 0: not written) and out/mixture.json (version,
-    seeds, styles, phrasings, answers); returns what mixture.json holds."""
+    seeds, styles, phrasings, answers; the splits written, with those an earlier call wrote there);
+    returns what mixture.json holds."""
     counts = {"mixture-train": train, "mixture-val": val, "generalise": generalise}
     for name, n in counts.items():
         if not isinstance(n, int) or n < 0:
@@ -713,6 +714,12 @@ def write_mixture_splits(out: str | os.PathLike, train: int = 0, val: int = 0, g
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
+    try:  # splits an earlier call of this version wrote stay listed
+        earlier = json.loads((out / "mixture.json").read_text(encoding="utf-8"))
+        if earlier.get("version") == MIXTURE_VERSION:
+            written = {k: v for k, v in earlier.get("splits", {}).items() if k in counts and not counts[k]}
+    except (OSError, ValueError, AttributeError):
+        pass
     for split, n in counts.items():
         if n == 0:
             continue
