@@ -100,3 +100,16 @@ def test_mini_table_prints_rows_and_differences(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"scores": {"accuracy": 0.1}}))
     bad = subprocess.run([sys.executable, str(script), str(tmp_path / "bad.json")], capture_output=True, text=True)
     assert bad.returncode != 0 and "bad.json" in bad.stderr and "by_kind" in bad.stderr
+    # simple-scene score files (mixture-val, generalise) get their own columns, never beside HR-VQA rows
+    simple = {"scores": {"accuracy": 0.6, "total": 5, "by_kind": {"simple": {"accuracy": 0.6}}, "by_subtype": {
+        s: {"accuracy": a} for s, a in (("color", 1.0), ("shape", 0.8), ("presence", 0.5), ("count", 0.4),
+                                        ("position", 0.2))}}}
+    (tmp_path / "gen").mkdir()
+    (tmp_path / "gen" / "s.json").write_text(json.dumps(simple))
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "gen" / "s.json")], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert out[0] == "| simple scenes, 5 questions | overall | color | shape | presence | count | position |"
+    assert out[2] == "| gen | 60.0 | 100.0 | 80.0 | 50.0 | 40.0 | 20.0 |"
+    mixed = subprocess.run([sys.executable, str(script), str(tmp_path / "gen" / "s.json"), str(tmp_path / "b" / "s.json")],
+                           capture_output=True, text=True)
+    assert mixed.returncode != 0 and "cannot share a table" in mixed.stderr

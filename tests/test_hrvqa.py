@@ -411,7 +411,7 @@ def test_write_subtype_single_turn_records_of_the_asked_subtypes(tmp_path):
         assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
         assert (r["id"], r["image"], gpt["value"], r["subtype"]) == (q["id"], q["image"], q["answer"], q["subtype"])
     assert [q["id"] for q in iter_questions(tmp_path / "sub" / "train_sc.jsonl")] == [q["id"] for q in want]
-    with pytest.raises(ValueError, match="unknown HR-VQA subtype"):
+    with pytest.raises(ValueError, match="unknown HR-VQA or mixture subtype"):
         write_subtype(src, "colour", tmp_path / "x.jsonl")
     one = write_split(tmp_path / "one", "test", 1)
     missing = {"color", "shape", "digit", "count", "relation", "higher", "largest"} - {

@@ -109,12 +109,15 @@ def write_captions(out_dir: str | os.PathLike, split: str, num_images: int, size
 def write_subtype(src: str | os.PathLike, subtypes: str | Iterable[str], out: str | os.PathLike) -> int:
     """Write the questions of `subtypes` from a split file (either layout) as single-turn records, each
     with the image placeholder, to `out`; returns how many. The data of a curriculum stage (the
-    subtypes learned so far, scripts/train_mini.sh S2_CURRICULUM) and of experiments/mini_one_subtype.py."""
+    subtypes learned so far, scripts/train_mini.sh S2_CURRICULUM, train_mini_broad.sh S3_CURRICULUM) and of
+    experiments/mini_one_subtype.py."""
+    from .mixture import SUBTYPES as SIMPLE_SUBTYPES  # the simple-scene mixture's subtypes (its files too)
+
     wanted = {subtypes} if isinstance(subtypes, str) else set(subtypes)
-    unknown = wanted - set(DETAIL_SUBTYPES + GLOBAL_SUBTYPES)
+    known = list(DETAIL_SUBTYPES + GLOBAL_SUBTYPES) + [s for s in SIMPLE_SUBTYPES if s not in DETAIL_SUBTYPES]
+    unknown = wanted - set(known)
     if unknown:
-        raise ValueError(f"unknown HR-VQA subtype(s) {sorted(unknown)}; expected some of "
-                         f"{list(DETAIL_SUBTYPES + GLOBAL_SUBTYPES)}")
+        raise ValueError(f"unknown HR-VQA or mixture subtype(s) {sorted(unknown)}; expected some of {known}")
     rows = []
     for q in iter_questions(src):
         if q["subtype"] in wanted:
