@@ -1,6 +1,6 @@
 """CI smoke version of the INF-LLaVA-mini recipe: scripts/train_mini.sh end to end (benchmark
-generation, align stage, stage 1, stage 2 with LoRA and its continuation, parts export, `infllava eval`) on 8 + 2 images,
-1 epoch / step each."""
+generation, align stage, stage 1, curriculum, stage 2 with LoRA, parts export, `infllava eval`) on 8 + 2 images,
+then scripts/train_mini_broad.sh (the simple-scene mixture, stage 3, three evaluations), 1 epoch / step each."""
 
 from __future__ import annotations
 
@@ -21,9 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_train_mini_script_smoke(tmp_path):
     env = dict(os.environ, BIN=str(Path(sys.executable).parent), DATA=str(tmp_path / "hrvqa"), RUNS=str(tmp_path / "runs"),
-               TRAIN_IMAGES="8", TEST_IMAGES="2", S0_EPOCHS="1", S1_STEPS="1", S2_STEPS="1", S2_MORE_STEPS="1", S2_CURRICULUM="shape color", S2_CURRICULUM_STEPS="1", S2_FREEZE_MM="1", MODEL_ARGS="model.vision_stage=8 model.dem_downsample=maxpool",
+               TRAIN_IMAGES="8", TEST_IMAGES="2", S0_EPOCHS="1", S1_STEPS="1", S2_STEPS="1", S2_CURRICULUM="shape color", S2_CURRICULUM_STEPS="1", S2_FREEZE_MM="1", MODEL_ARGS="model.vision_stage=8 model.dem_downsample=maxpool",
                FEATURE_CACHE=str(tmp_path / "fc"))
     done = subprocess.run(["bash", str(ROOT / "scripts" / "train_mini.sh"), "full"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    broad = dict(env, MIXTURE_IMAGES="4", MIXTURE_VAL="1", GENERALISE="1", REPLAY_IMAGES="4", S3_STEPS="1",
+                 S3_CURRICULUM="color,shape", S3_CURRICULUM_STEPS="1")
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "train_mini_broad.sh"), "full"], env=broad, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "runs" / "mini-full"
@@ -37,9 +42,9 @@ def test_train_mini_script_smoke(tmp_path):
     assert log1[0]["config"]["model"]["adapter"] == str(run / "stage0" / "final")
     # stage 2 sees stage 1's 8 images again: their crops come from the feature cache
     assert [r for r in log if "step" in r][-1]["feature_cache_hits"] > 0
-    assert is_parts_dir(run / "parts") and is_parts_dir(run / "parts-b")
+    assert is_parts_dir(run / "parts") and is_parts_dir(run / "parts-broad")
     # over the packaged backbones every stage's final/ holds its parts only, and the next stage builds on it
-    for stage in ("stage0", "stage1", "stage2-shape", "stage2-color", "stage2", "stage2b"):
+    for stage in ("stage0", "stage1", "stage2-shape", "stage2-color", "stage2", "stage3-color,shape", "stage3"):
         assert is_parts_dir(run / stage / "final") and not (run / stage / "final" / "model.safetensors").exists()
     # the curriculum: the shape questions alone (single-turn), then shape + colour, then stage 2 from that
     for name, subtypes in (("shape", {"shape"}), ("color", {"shape", "color"})):
@@ -49,24 +54,43 @@ def test_train_mini_script_smoke(tmp_path):
     logc = [json.loads(line) for line in (run / "stage2-color" / "train.log").read_text().splitlines()]
     assert logc[0]["config"]["model"]["base"] == str(run / "stage2-shape" / "final")
     assert log[0]["config"]["model"]["base"] == str(run / "stage2-color" / "final")
-    # each LoRA run keeps its bases' deltas: stage 2 holds 3 runs' (rank 8 x 3), stage 2b 4 (rank 32)
+    # each LoRA run keeps its bases' deltas: stage 2 holds 3 runs' (rank 8 x 3), stage 3 5 (rank 40)
     assert json.loads((run / "parts" / "parts.json").read_text())["lora"]["r"] == 24
-    assert json.loads((run / "parts-b" / "parts.json").read_text())["lora"]["r"] == 32
-    # the continuation starts from stage 2's output with its own seed
-    logb = [json.loads(line) for line in (run / "stage2b" / "train.log").read_text().splitlines()]
-    assert logb[0]["config"]["model"]["base"] == str(run / "stage2" / "final")
-    assert logb[0]["config"]["train"]["seed"] == 1 and any(r.get("step") == 1 for r in logb)
-    assert log[0]["config"]["train"]["freeze_mm"] and logb[0]["config"]["train"]["freeze_mm"]
+    assert json.loads((run / "parts-broad" / "parts.json").read_text())["lora"]["r"] == 40
+    # the broadening curriculum: mixture colour + shape with HR-VQA's shape + colour (further entries add types
+    # the same way: train_mini.sh's curriculum loop)
+    n_keep = 8 * 2  # HR-VQA: one shape and one colour question per train image
+    base = run / "stage2"
+    for name, subtypes in (("color,shape", {"color", "shape"}),):
+        cur = [json.loads(line) for line in (run / "curriculum-broad" / f"train_{name}.jsonl").read_text().splitlines()]
+        simple = [r for r in cur if r["kind"] == "simple"]
+        assert len(cur) - len(simple) == n_keep and {r["subtype"] for r in simple} == subtypes
+        assert all(len(r["conversations"]) == 2 for r in cur)
+        logk = [json.loads(line) for line in (run / f"stage3-{name}" / "train.log").read_text().splitlines()]
+        assert logk[0]["config"]["model"]["base"] == str(base / "final")
+        base = run / f"stage3-{name}"
+    # the mixed broadening stage: from the curriculum's output, on 4 HR-VQA train records + the 4 mixture images' records
+    log3 = [json.loads(line) for line in (run / "stage3" / "train.log").read_text().splitlines()]
+    assert log3[0]["config"]["model"]["base"] == str(base / "final") and any(r.get("step") == 1 for r in log3)
+    assert log[0]["config"]["train"]["freeze_mm"] and not log3[0]["config"]["train"]["freeze_mm"]
+    mixed = [json.loads(line) for line in (run / "broad" / "train.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in mixed] == [f"train-{i}" for i in range(4)] + [f"mixture-train-{i}" for i in range(4)]
+    for name, split in (("broad_val_scores.json", "mixture-val"), ("broad_generalise_scores.json", "generalise")):
+        scores = json.loads((run / name).read_text())["scores"]
+        assert scores["missing"] == 0 and scores["total"] == sum(1 for _ in open(tmp_path / "hrvqa" / f"{split}.jsonl"))
+        assert set(scores["by_kind"]) == {"simple"}
+    # HR-VQA's files stay as train_mini.sh wrote them beside the mixture
+    assert json.loads((tmp_path / "hrvqa" / "mixture.json").read_text())["splits"]["mixture-train"]["images"] == 4
     info = json.loads((tmp_path / "hrvqa" / "hrvqa.json").read_text())
     from infllava.evaluation.hrvqa.scenes import HRVQA_VERSION
 
     assert info["version"] == HRVQA_VERSION and info["train_every_subtype"]  # the data the recipe trains on
     n_test = sum(1 for _ in open(tmp_path / "hrvqa" / "test.jsonl"))
-    for name in ("test_scores.json", "test_scores_b.json"):
+    for name in ("test_scores.json", "broad_test_scores.json"):
         scores = json.loads((run / name).read_text())["scores"]
         assert scores["total"] == n_test and scores["missing"] == 0
         assert set(scores["by_kind"]) <= {"detail", "global"}
-    assert json.loads((run / "test_scores_b.json").read_text())["scores"]["model"] == str(run / "parts-b")
+    assert json.loads((run / "broad_test_scores.json").read_text())["scores"]["model"] == str(run / "parts-broad")
     model, processor = infllava.load(run / "parts", device="cpu")
     # MODEL_ARGS reach the first stage, and the model they fix carries through to the parts
     assert model.config.views == "full" and model.config.dem_downsample == "maxpool" and model.config.vision_config.stage == 8

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Broaden an INF-LLaVA-mini variant: stage 2 continued on HR-VQA train (replay) + the simple-scene
+# mixture (infllava.evaluation.hrvqa.mixture), then scored on HR-VQA test, the mixture's validation split
+# and, once, the held-out generalisation split (docs/inf-llava-mini.md, "Simple images from elsewhere").
+#   scripts/train_mini_broad.sh [full|thumbnail|local|global]      (after scripts/train_mini.sh VIEWS)
+# Knobs:
+#   BASE (default $RUNS/mini-VIEWS/stage2/final, train_mini.sh's output; any model infllava loads, e.g. a
+#     parts directory such as a copy of an earlier shipped infllava/assets/inf-llava-mini);
+#   S3_CURRICULUM (default "color,shape presence count,position"; "" = off): mixture question subtypes
+#     added one entry at a time, as in train_mini.sh's curriculum: stage k trains S3_CURRICULUM_STEPS
+#     (default 96) steps of 8 single-turn questions, the mixture's questions of entries 1..k together with
+#     HR-VQA's questions of S3_KEEP (default "shape,color": what the base already reads, kept), each
+#     from the previous output (stage3-ENTRY/); mixed into every batch from the start, new question
+#     types stay at the answer prior (experiments/results/mini_broad_mixed_2026-12-02.txt);
+#   S3_STEPS (default 100) steps of 8 records (multi-turn: an image with all its questions), lr 5e-4,
+#     a fresh LoRA r 8 over the base's merged one + DEM + projector (configs/mini/finetune.yaml), from
+#     the curriculum's last output;
+#   REPLAY_IMAGES (default 600): the first N HR-VQA train records mixed in (each 7 questions);
+#   MIXTURE_IMAGES (1000), MIXTURE_VAL (80), GENERALISE (120): mixture images written to DATA if missing;
+#   GENERALISE_EVAL (default 1; 0 = not scored: the held-out split is scored once, on the model chosen);
+#   DATA (.cache/hrvqa, written by train_mini.sh), RUNS (runs), FEATURE_CACHE (.cache/features), EVAL_LIMIT.
+# Outputs in $RUNS/mini-VIEWS/: curriculum-broad/, stage3-ENTRY/, broad/train.jsonl, stage3/ (resumable: the same command continues an
+# interrupted run from its last checkpoint; a finished stage is not run again), parts-broad/ (the
+# exportable parts), broad_{test,val,generalise}_scores.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VIEWS="${1:-full}"
+BIN="${BIN:-.venv/bin}"
+DATA="${DATA:-.cache/hrvqa}"
+RUN="${RUNS:-runs}/mini-$VIEWS"
+BASE="${BASE:-$RUN/stage2/final}"
+FC="${FEATURE_CACHE-.cache/features}"
+[ -f "$DATA/train.jsonl" ] && [ -f "$DATA/test.jsonl" ] || {
+  echo "train_mini_broad.sh: no HR-VQA benchmark in $DATA; run scripts/train_mini.sh $VIEWS first" >&2; exit 2; }
+[ -e "$BASE" ] || { echo "train_mini_broad.sh: BASE $BASE does not exist; run scripts/train_mini.sh $VIEWS first" >&2; exit 2; }
+# (re)write the mixture when it is missing or another generator version / size wrote it (HR-VQA's files stay)
+HAVE=$("$BIN/python" -c "import json,sys; s=json.load(open(sys.argv[1])); print(s['version'], *(s['splits'].get(k, {}).get('images', 0) for k in ('mixture-train', 'mixture-val', 'generalise')))" "$DATA/mixture.json" 2>/dev/null || true)
+WANT=$("$BIN/python" -c "from infllava.evaluation.hrvqa.mixture import MIXTURE_VERSION as v; print(v, ${MIXTURE_IMAGES:-1000}, ${MIXTURE_VAL:-80}, ${GENERALISE:-120})")
+if [ "$HAVE" != "$WANT" ]; then
+  "$BIN/infllava" hrvqa "$DATA" --train 0 --val 0 --test 0 --mixture "${MIXTURE_IMAGES:-1000}" \
+    --mixture-val "${MIXTURE_VAL:-80}" --generalise "${GENERALISE:-120}"
+fi
+D=("data.images=$DATA" "train.feature_cache=$FC")
+SEEN=""
+for ST in ${S3_CURRICULUM-color,shape presence count,position}; do
+  SEEN="${SEEN:+$SEEN,}$ST"
+  if [ ! -f "$RUN/stage3-$ST/final/config.json" ]; then
+    mkdir -p "$RUN/curriculum-broad"
+    CUR="$RUN/curriculum-broad/train_$ST.jsonl"
+    "$BIN/python" -c "import sys; from infllava.evaluation.hrvqa.writing import write_subtype as w; w(sys.argv[1], sys.argv[2].split(','), sys.argv[3]); w(sys.argv[4], sys.argv[5].split(','), sys.argv[3] + '.keep')" \
+      "$DATA/mixture-train.jsonl" "$SEEN" "$CUR" "$DATA/train.jsonl" "${S3_KEEP:-shape,color}"
+    cat "$CUR.keep" >> "$CUR" && rm "$CUR.keep"
+    "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" "data.path=$CUR" "model.base=$BASE" \
+      "train.output_dir=$RUN/stage3-$ST" "train.max_steps=${S3_CURRICULUM_STEPS:-96}"
+  fi
+  BASE="$RUN/stage3-$ST/final"
+done
+if [ ! -f "$RUN/stage3/final/config.json" ]; then
+  mkdir -p "$RUN/broad"
+  { head -n "${REPLAY_IMAGES:-600}" "$DATA/train.jsonl"; cat "$DATA/mixture-train.jsonl"; } > "$RUN/broad/train.jsonl"
+  "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" "data.path=$RUN/broad/train.jsonl" \
+    "model.base=$BASE" "train.output_dir=$RUN/stage3" "train.max_steps=${S3_STEPS:-100}"
+fi
+"$BIN/python" -c "from infllava.parts import export_parts; export_parts('$RUN/stage3/final', '$RUN/parts-broad')"
+evaluate() {  # split file, scores file
+  [ -f "$RUN/$2" ] || "$BIN/infllava" eval "$RUN/parts-broad" --data "$DATA/$1" --images "$DATA" \
+    --out "$RUN/$2" ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} ${FC:+--feature-cache "$FC"}
+}
+evaluate mixture-val.jsonl broad_val_scores.json
+[ "${GENERALISE_EVAL:-1}" = 0 ] || evaluate generalise.jsonl broad_generalise_scores.json
+evaluate test.jsonl broad_test_scores.json
