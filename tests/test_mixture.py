@@ -375,3 +375,16 @@ def test_hrvqa_v2_images_unchanged():
     """Images and questions computed before the mixture was added (pixels depend on Pillow's drawing)."""
     assert [_sample_digest(*c) for c in HRVQA_CASES] == [
         "ea79ff40e02f3be5", "cf583a46cdbef4a9", "041d5efd4acf1ccc", "bab52601a4037343", "38f2e620b904b050"]
+
+
+def test_write_subtype_takes_the_mixture_subtypes(tmp_path):
+    """A broadening curriculum stage (scripts/train_mini_broad.sh) picks mixture question types by subtype."""
+    from infllava.evaluation.hrvqa.writing import write_subtype
+
+    src = write_mixture(tmp_path, "mixture-train", 6)
+    want = [q for q in iter_questions(src) if q["subtype"] in ("color", "presence")]
+    assert write_subtype(src, ["color", "presence"], tmp_path / "cur.jsonl") == len(want) > 6
+    recs = [json.loads(line) for line in (tmp_path / "cur.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["subtype"]) for r in recs] == [(q["id"], q["subtype"]) for q in want]
+    with pytest.raises(ValueError, match="unknown HR-VQA or mixture subtype"):
+        write_subtype(src, "colour", tmp_path / "x.jsonl")

@@ -111,15 +111,16 @@ def write_subtype(src: str | os.PathLike, subtypes: str | Iterable[str], out: st
     with the image placeholder, to `out`; returns how many. The data of a curriculum stage (the
     subtypes learned so far, scripts/train_mini.sh S2_CURRICULUM, train_mini_broad.sh S3_CURRICULUM) and of
     experiments/mini_one_subtype.py."""
-    from .mixture import SUBTYPES as SIMPLE_SUBTYPES  # the simple-scene mixture's subtypes (its files too)
-
     wanted = {subtypes} if isinstance(subtypes, str) else set(subtypes)
-    known = list(DETAIL_SUBTYPES + GLOBAL_SUBTYPES) + [s for s in SIMPLE_SUBTYPES if s not in DETAIL_SUBTYPES]
+    questions = list(iter_questions(src))
+    # HR-VQA's subtypes, and those the file holds (the simple-scene mixture's: presence, position, ...)
+    known = list(DETAIL_SUBTYPES + GLOBAL_SUBTYPES)
+    known += sorted({q["subtype"] for q in questions} - set(known))
     unknown = wanted - set(known)
     if unknown:
         raise ValueError(f"unknown HR-VQA or mixture subtype(s) {sorted(unknown)}; expected some of {known}")
     rows = []
-    for q in iter_questions(src):
+    for q in questions:
         if q["subtype"] in wanted:
             prompt = q["prompt"] if q["prompt"].startswith("<image>") else "<image>\n" + q["prompt"]
             rows.append(json.dumps({"id": q["id"], "image": q["image"], "kind": q["kind"], "subtype": q["subtype"],
