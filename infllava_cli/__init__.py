@@ -300,7 +300,8 @@ def _hrvqa(args) -> int:
     if mixture or args.mixture_val or args.generalise:
         from infllava.evaluation.hrvqa.mixture import write_mixture_splits
 
-        write_mixture_splits(args.out, train=args.mixture, val=args.mixture_val, generalise=args.generalise)
+        write_mixture_splits(args.out, train=args.mixture, val=args.mixture_val, generalise=args.generalise,
+                             captions=args.captions)
     return 0
 
 
@@ -323,7 +324,8 @@ def add_hrvqa_arguments(p: argparse.ArgumentParser) -> None:
                    help="train images carry one question of every subtype (7) instead of the 2-4 that "
                         "val/test images carry: ~2.4x the supervision per image for the same tower work")
     p.add_argument("--captions", action="store_true",
-                   help="also write train_captions.jsonl (image -> dense scene caption, for stage-1 alignment)")
+                   help="also write train_captions.jsonl (image -> dense scene caption, for stage-1 alignment), "
+                        "and mixture-train_captions.jsonl with --mixture (every covered token named: cover regions)")
     p.add_argument("--mixture", type=_non_negative_int, default=0,
                    help="also write N simple-scene training images (mixture-train.jsonl, one multi-turn record "
                         "per image; default 0: none): varied backgrounds, sizes, shapes, colours and phrasings "

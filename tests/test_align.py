@@ -36,10 +36,24 @@ def test_region_cells_follow_the_padding_or_the_stretch():
         region_cells([{"bbox": [300, 0, 310, 10], "phrase": "x"}], (200, 100), (3, 3), (7, 7))
 
 
+def test_a_covering_region_names_every_cell_inside_its_box():
+    # 7 x 7 tokens over 672 px: cell centres at 48 + 96 k; the box [0, 0, 200, 100] holds the centres of
+    # columns 0-1 (48, 144) in row 0 (48); its own centre (100, 50) lies in cell 1
+    r = [{"bbox": [0, 0, 200, 100], "phrase": "big", "cover": True}, {"bbox": [0, 0, 200, 100], "phrase": "c"}]
+    assert region_cells(r, (672, 672), (3, 3), (7, 7)) == {0: ["big"], 1: ["big", "c"]}
+    # a box smaller than a cell still names the cell of its centre
+    tiny = [{"bbox": [100, 100, 110, 110], "phrase": "tiny", "cover": True}]
+    assert region_cells(tiny, (672, 672), (3, 3), (7, 7)) == {8: ["tiny"]}
+    # padded: 200 x 100 -> 200 x 200 (50 px rows above); the whole image covers the middle rows 2-4 only
+    whole = [{"bbox": [0, 0, 200, 100], "phrase": "all", "cover": True}]
+    assert sorted(region_cells(whole, (200, 100), (3, 3), (7, 7), "pad")) == list(range(14, 35))
+
+
 @pytest.mark.parametrize("regions, message", [
     (None, "non-empty list"), ([], "non-empty list"), (["x"], "not an object"),
     ([{"bbox": [0, 0, 1], "phrase": "a"}], "4 numbers"), ([{"bbox": [5, 0, 1, 1], "phrase": "a"}], "x1 < x0"),
     ([{"bbox": [0, 0, 1, 1], "phrase": " "}], "phrase"), ([{"bbox": [0, 0, float("nan"), 1], "phrase": "a"}], "4 numbers"),
+    ([{"bbox": [0, 0, 1, 1], "phrase": "a", "cover": "yes"}], "cover must be true or false"),
 ])
 def test_region_problems_are_named(regions, message):
     assert message in region_problem(regions)
@@ -47,6 +61,7 @@ def test_region_problems_are_named(regions, message):
 
 def test_region_problem_accepts_good_regions():
     assert region_problem([{"bbox": [0, 0, 1.5, 2], "phrase": "a red square"}]) is None
+    assert region_problem([{"bbox": [0, 0, 1.5, 2], "phrase": "a red square", "cover": True}]) is None
 
 
 def test_targets_are_phrase_embeddings_in_their_cells():

@@ -32,6 +32,7 @@ from infllava.evaluation.hrvqa.mixture import (
     make_simple_scene,
     render_simple_scene,
     write_mixture,
+    write_mixture_captions,
     write_mixture_splits,
 )
 from infllava.evaluation.hrvqa.rendering import make_sample
@@ -388,3 +389,33 @@ def test_write_subtype_takes_the_mixture_subtypes(tmp_path):
     assert [(r["id"], r["subtype"]) for r in recs] == [(q["id"], q["subtype"]) for q in want]
     with pytest.raises(ValueError, match="unknown HR-VQA or mixture subtype"):
         write_subtype(src, "colour", tmp_path / "x.jsonl")
+
+
+def test_mixture_captions_name_every_cell_a_large_shape_covers(tmp_path):
+    """The align stage's data for simple scenes: one caption record per image, a covering region per shape."""
+    from infllava.training.align import region_cells, region_problem
+
+    n = 12
+    write_mixture(tmp_path, "mixture-train", n)
+    path = write_mixture_captions(tmp_path, "mixture-train", n)
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["image"] for r in recs] == [f"images/mixture-train/{i:06d}.png" for i in range(n)]
+    covered_more = 0
+    for i, r in enumerate(recs):
+        scene = make_simple_scene("mixture-train", i)
+        assert region_problem(r["regions"]) is None and all(x["cover"] for x in r["regions"])
+        assert sorted(x["phrase"] for x in r["regions"]) == sorted(o.describe() for o in scene.objects)
+        assert r["conversations"][1]["value"].startswith(max(scene.objects, key=lambda o: o.area).describe())
+        with Image.open(tmp_path / r["image"]) as im:
+            assert list(im.size) == list(scene.size)
+        cells = region_cells(r["regions"], tuple(scene.size), (3, 3), (14, 14))
+        centre_only = region_cells([{k: v for k, v in x.items() if k != "cover"} for x in r["regions"]],
+                                   tuple(scene.size), (3, 3), (14, 14))
+        assert set(centre_only) <= set(cells)
+        covered_more += len(cells) > len(centre_only)
+    assert covered_more >= n // 2  # most scenes have a shape larger than one token cell
+    cli_dir = tmp_path / "cli"
+    assert cli(["hrvqa", str(cli_dir), "--train", "0", "--val", "0", "--test", "0", "--mixture", "2", "--captions"]) == 0
+    info = json.loads((cli_dir / "mixture.json").read_text())
+    assert info["splits"]["mixture-train"]["captions"] == "mixture-train_captions.jsonl"
+    assert len((cli_dir / "mixture-train_captions.jsonl").read_text().splitlines()) == 2

@@ -65,12 +65,16 @@ def region_problem(regions: Any) -> str | None:
             return f"regions[{k}].bbox {list(box)} has x1 < x0 or y1 < y0"
         if not isinstance(r.get("phrase"), str) or not r["phrase"].strip():
             return f"regions[{k}].phrase must be a non-empty string"
+        if not isinstance(r.get("cover", False), bool):
+            return f"regions[{k}].cover must be true or false"
     return None
 
 
 def region_cells(regions: Sequence[Mapping[str, Any]], image_size: tuple[int, int], grid: tuple[int, int],
                  feature_grid: tuple[int, int], aspect_mode: str = "pad") -> dict[int, list[str]]:
-    """{token index: phrases} for the regions whose box centre lies in the token's cell.
+    """{token index: phrases} for the regions whose box centre lies in the token's cell; a region with
+    ``"cover": true`` also names every token whose cell centre lies inside its box (a large object is
+    named wherever it is, not only at its centre, where "background" would otherwise be the target).
 
     image_size (W, H) of the original image; the image processor pads it (centred) to the grid's
     aspect ("pad", as `expand_to_aspect`) or stretches it ("resize") to the model input, over which
@@ -96,7 +100,12 @@ def region_cells(regions: Sequence[Mapping[str, Any]], image_size: tuple[int, in
             raise ValueError(f"region {r['phrase']!r}: box centre ({cx:g}, {cy:g}) lies outside the {W}x{H} image")
         row = min(h - 1, int((cy + dy) * h / ch))
         col = min(w - 1, int((cx + dx) * w / cw))
-        cells.setdefault(row * w + col, []).append(r["phrase"].strip())
+        named = {row * w + col}
+        if r.get("cover"):
+            named |= {i * w + j for i in range(h) for j in range(w)
+                      if y0 <= (i + 0.5) * ch / h - dy <= y1 and x0 <= (j + 0.5) * cw / w - dx <= x1}
+        for cell in sorted(named):
+            cells.setdefault(cell, []).append(r["phrase"].strip())
     return cells
 
 

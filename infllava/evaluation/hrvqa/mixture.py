@@ -90,6 +90,7 @@ __all__ = [
     "render_simple_scene",
     "make_simple_sample",
     "write_mixture",
+    "write_mixture_captions",
     "write_mixture_splits",
 ]
 
@@ -702,10 +703,33 @@ def write_mixture(out_dir: str | os.PathLike, split: str, num_images: int,
     return write_samples(out_dir, split, num_images, sample, fmt)
 
 
+def write_mixture_captions(out_dir: str | os.PathLike, split: str, num_images: int) -> Path:
+    """out_dir/{split}_captions.jsonl: one "<image>" -> caption record per image ("red star, blue
+    circle.", largest first), with a grounded phrase per shape in "regions" marked ``"cover": true``: the
+    align stage (`infllava.training.align.region_cells`) names every token whose cell centre lies in the
+    shape's box, so a large shape is not pulled towards "background" away from its centre (the box's
+    corners outside a star or triangle are named too). The images are those `write_mixture` writes."""
+    check_mixture_args(split, 0)
+    path = Path(out_dir) / f"{split}_captions.jsonl"
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for index in range(num_images):
+            scene = make_simple_scene(split, index)
+            objs = sorted(scene.objects, key=lambda o: -o.area)
+            rec = {"id": f"{split}-{index}-caption", "image": f"images/{split}/{index:06d}.png",
+                   "conversations": [{"from": "human", "value": "<image>"},
+                                     {"from": "gpt", "value": ", ".join(o.describe() for o in objs) + "."}],
+                   "regions": [{"bbox": scene.image_bbox(o), "phrase": o.describe(), "cover": True} for o in objs]}
+            f.write(json.dumps(rec) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def write_mixture_splits(out: str | os.PathLike, train: int = 0, val: int = 0, generalise: int = 0,
-                         log: Callable[[str], Any] = print) -> dict[str, Any]:
+                         log: Callable[[str], Any] = print, captions: bool = False) -> dict[str, Any]:
     """Write the mixture splits asked for (n images each; 0: not written) and out/mixture.json (version,
     seeds, styles, phrasings, answers; the splits written, with those an earlier call wrote there);
+    captions: also mixture-train's caption records with covering regions (`write_mixture_captions`);
     returns what mixture.json holds."""
     counts = {"mixture-train": train, "mixture-val": val, "generalise": generalise}
     for name, n in counts.items():
@@ -727,6 +751,10 @@ def write_mixture_splits(out: str | os.PathLike, train: int = 0, val: int = 0, g
         n_questions = sum(1 for _ in iter_questions(path))
         written[split] = {"images": n, "questions": n_questions, "records": path.name}
         log(f"{split}: {n} images, {n_questions} questions -> {path}")
+        if captions and split == "mixture-train":
+            cap = write_mixture_captions(out, split, n)
+            written[split]["captions"] = cap.name
+            log(f"{split}: {n} captions -> {cap}")
     info = {"benchmark": "hrvqa-mixture", "version": MIXTURE_VERSION, "kind": KIND,
             "split_seeds": dict(MIXTURE_SPLIT_SEEDS), "splits": written,
             "styles": {"train": list(TRAIN_STYLES), "held_out": list(HELD_OUT_STYLES)},
