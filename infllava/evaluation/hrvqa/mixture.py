@@ -64,7 +64,7 @@ from PIL import Image, ImageDraw
 from .rendering import _background, _shape_mask
 from .scenes import COLORS, PROMPT_SUFFIX, SHAPES
 from .scoring import iter_questions
-from .writing import write_samples
+from .writing import write_caption_records, write_samples
 
 __all__ = [
     "MIXTURE_VERSION",
@@ -710,19 +710,14 @@ def write_mixture_captions(out_dir: str | os.PathLike, split: str, num_images: i
     shape's box, so a large shape is not pulled towards "background" away from its centre (the box's
     corners outside a star or triangle are named too). The images are those `write_mixture` writes."""
     check_mixture_args(split, 0)
-    path = Path(out_dir) / f"{split}_captions.jsonl"
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for index in range(num_images):
-            scene = make_simple_scene(split, index)
-            objs = sorted(scene.objects, key=lambda o: -o.area)
-            rec = {"id": f"{split}-{index}-caption", "image": f"images/{split}/{index:06d}.png",
-                   "conversations": [{"from": "human", "value": "<image>"},
-                                     {"from": "gpt", "value": ", ".join(o.describe() for o in objs) + "."}],
-                   "regions": [{"bbox": scene.image_bbox(o), "phrase": o.describe(), "cover": True} for o in objs]}
-            f.write(json.dumps(rec) + "\n")
-    os.replace(tmp, path)
-    return path
+
+    def describe(index: int):
+        scene = make_simple_scene(split, index)
+        objs = sorted(scene.objects, key=lambda o: -o.area)
+        return (", ".join(o.describe() for o in objs) + ".",
+                [{"bbox": scene.image_bbox(o), "phrase": o.describe(), "cover": True} for o in objs])
+
+    return write_caption_records(out_dir, split, num_images, describe)
 
 
 def write_mixture_splits(out: str | os.PathLike, train: int = 0, val: int = 0, generalise: int = 0,

@@ -92,15 +92,26 @@ def write_captions(out_dir: str | os.PathLike, split: str, num_images: int, size
     objects' grounded phrases in "regions" (the images themselves are those `write_split` writes; only
     the scenes are regenerated here)."""
     check_args(split, 0, size)
+
+    def describe(index: int):
+        scene = make_scene(split, index, size)
+        return caption(scene), regions(scene)
+
+    return write_caption_records(out_dir, split, num_images, describe)
+
+
+def write_caption_records(out_dir: str | os.PathLike, split: str, num_images: int,
+                          describe: Callable[[int], tuple[str, list[dict[str, Any]]]]) -> Path:
+    """out_dir/{split}_captions.jsonl (atomically) from `describe(index)` -> (caption, regions): the caption
+    record layout the align stage reads, shared with the simple-scene mixture."""
     path = Path(out_dir) / f"{split}_captions.jsonl"
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for index in range(num_images):
-            scene = make_scene(split, index, size)
+            text, grounded = describe(index)
             rec = {"id": f"{split}-{index}-caption", "image": f"images/{split}/{index:06d}.png",
-                   "conversations": [{"from": "human", "value": "<image>"},
-                                     {"from": "gpt", "value": caption(scene)}],
-                   "regions": regions(scene)}
+                   "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": text}],
+                   "regions": grounded}
             f.write(json.dumps(rec) + "\n")
     os.replace(tmp, path)
     return path
