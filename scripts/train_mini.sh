@@ -4,8 +4,13 @@
 # Budget knobs (the same for every variant of a comparison):
 #   S0_EPOCHS (default 8; 0 = skip): the align stage, DEM + projector towards the LM's embeddings of
 #     grounded phrases, no LM pass (configs/mini/align.yaml);
+#   ALIGN_MIXTURE (default 0; 1 = on): adds the caption records of the simple-scene mixture's
+#     MIXTURE_IMAGES (1000) train images, whose covering regions name every token of a large shape, to
+#     the align stage's HR-VQA ones (the mixture is written to DATA if missing: scripts/mini_mixture.sh);
+#     without it a large uniform shape reads as background (docs/inf-llava-mini.md);
 #   S1_STEPS (default 0 = skip): stage 1, captions through the frozen LM;
-#   S2_STEPS (default 40): stage 2, VQA with LoRA; steps of 8 images (7 questions each);
+#   S2_STEPS (default 40; 0 = skip, and no test score): stage 2, VQA with LoRA; steps of 8 images (7
+#     questions each); the model to continue from is then the curriculum's last (or the align stage's);
 #   S2_FREEZE_MM (default 0; 1 = on): stage 2 keeps DEM + projector as the earlier stage left them
 #     and trains only the LM's LoRA (train.freeze_mm);
 #   S2_CURRICULUM (default "shape color"; "" = off): question subtypes added one at a time before the
@@ -39,7 +44,7 @@ HAVE=$("$BIN/python" -c "import json,sys; i=json.load(open(sys.argv[1])); print(
 WANT=$("$BIN/python" -c "from infllava.evaluation.hrvqa.scenes import HRVQA_VERSION as v; print(v, '${TRAIN_IMAGES:-1200}', '${TEST_IMAGES:-340}', True)")
 if [ "$HAVE" != "$WANT" ]; then
   [ -z "$HAVE" ] || echo "train_mini.sh: $DATA holds HR-VQA ($HAVE), want ($WANT): rewriting it" >&2
-  rm -rf "$DATA/images" "$DATA"/*.jsonl
+  rm -rf "$DATA/images" "$DATA"/*.jsonl "$DATA/mixture.json"  # the mixture's images go too: rewritten when asked for
   "$BIN/infllava" hrvqa "$DATA" --train "${TRAIN_IMAGES:-1200}" --val 0 --test "${TEST_IMAGES:-340}" \
     --train-format all --train-every-subtype --captions
 fi
@@ -47,9 +52,17 @@ FC="${FEATURE_CACHE-.cache/features}"
 D=("data.images=$DATA" "train.feature_cache=$FC")
 # a finished stage (final/ written) is not run again
 BASE=""
+ALIGN_DATA="$DATA/train_captions.jsonl"
+if [ "$S0" != 0 ] && [ "${ALIGN_MIXTURE:-0}" != 0 ]; then
+  source scripts/mini_mixture.sh
+  ensure_mixture "$DATA" 1
+  mkdir -p "$RUN"
+  ALIGN_DATA="$RUN/align_captions.jsonl"
+  cat "$DATA/train_captions.jsonl" "$DATA/mixture-train_captions.jsonl" > "$ALIGN_DATA"
+fi
 if [ "$S0" != 0 ]; then
   [ -f "$RUN/stage0/final/config.json" ] || "$BIN/infllava" train configs/mini/align.yaml "${D[@]}" \
-    "data.path=$DATA/train_captions.jsonl" "model.views=$VIEWS" "train.output_dir=$RUN/stage0" "train.epochs=$S0" \
+    "data.path=$ALIGN_DATA" "model.views=$VIEWS" "train.output_dir=$RUN/stage0" "train.epochs=$S0" \
     ${MODEL_ARGS:-}
   BASE="$RUN/stage0/final"
 fi
@@ -70,6 +83,7 @@ for ST in ${S2_CURRICULUM-shape color}; do  # question types added one at a time
   fi
   BASE="$RUN/stage2-$ST/final"
 done
+[ "$S2" = 0 ] && { echo "train_mini.sh: S2_STEPS=0: no stage 2; continue from $BASE (scripts/train_mini_broad.sh: BASE=$BASE)"; exit 0; }
 [ -f "$RUN/stage2/final/config.json" ] || "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" \
   "data.path=$DATA/train.jsonl" "model.base=$BASE" "train.output_dir=$RUN/stage2" "train.max_steps=$S2" ${FREEZE[@]+"${FREEZE[@]}"}
 score() {  # export the parts of a stage-2 run and score them

@@ -16,7 +16,8 @@
 #     a fresh LoRA r 8 over the base's merged one + DEM + projector (configs/mini/finetune.yaml), from
 #     the curriculum's last output;
 #   REPLAY_IMAGES (default 600): the first N HR-VQA train records mixed in (each 7 questions);
-#   MIXTURE_IMAGES (1000), MIXTURE_VAL (80), GENERALISE (120): mixture images written to DATA if missing;
+#   MIXTURE_IMAGES (1000), MIXTURE_VAL (80), GENERALISE (120): mixture images written to DATA if missing
+#     (scripts/mini_mixture.sh);
 #   GENERALISE_EVAL (default 1; 0 = not scored: the held-out split is scored once, on the model chosen);
 #   DATA (.cache/hrvqa, written by train_mini.sh), RUNS (runs), FEATURE_CACHE (.cache/features), EVAL_LIMIT.
 # Outputs in $RUNS/mini-VIEWS/: curriculum-broad/, stage3-ENTRY/, broad/train.jsonl, stage3/ (resumable: the same command continues an
@@ -33,13 +34,8 @@ FC="${FEATURE_CACHE-.cache/features}"
 [ -f "$DATA/train.jsonl" ] && [ -f "$DATA/test.jsonl" ] || {
   echo "train_mini_broad.sh: no HR-VQA benchmark in $DATA; run scripts/train_mini.sh $VIEWS first" >&2; exit 2; }
 [ -e "$BASE" ] || { echo "train_mini_broad.sh: BASE $BASE does not exist; run scripts/train_mini.sh $VIEWS first" >&2; exit 2; }
-# (re)write the mixture when it is missing or another generator version / size wrote it (HR-VQA's files stay)
-HAVE=$("$BIN/python" -c "import json,sys; s=json.load(open(sys.argv[1])); print(s['version'], *(s['splits'].get(k, {}).get('images', 0) for k in ('mixture-train', 'mixture-val', 'generalise')))" "$DATA/mixture.json" 2>/dev/null || true)
-WANT=$("$BIN/python" -c "from infllava.evaluation.hrvqa.mixture import MIXTURE_VERSION as v; print(v, ${MIXTURE_IMAGES:-1000}, ${MIXTURE_VAL:-80}, ${GENERALISE:-120})")
-if [ "$HAVE" != "$WANT" ]; then
-  "$BIN/infllava" hrvqa "$DATA" --train 0 --val 0 --test 0 --mixture "${MIXTURE_IMAGES:-1000}" \
-    --mixture-val "${MIXTURE_VAL:-80}" --generalise "${GENERALISE:-120}"
-fi
+source scripts/mini_mixture.sh
+ensure_mixture "$DATA" 0
 D=("data.images=$DATA" "train.feature_cache=$FC")
 SEEN=""
 for ST in ${S3_CURRICULUM-color,shape presence count,position}; do

@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_train_mini_script_smoke(tmp_path):
     env = dict(os.environ, BIN=str(Path(sys.executable).parent), DATA=str(tmp_path / "hrvqa"), RUNS=str(tmp_path / "runs"),
                TRAIN_IMAGES="8", TEST_IMAGES="2", S0_EPOCHS="1", S1_STEPS="1", S2_STEPS="1", S2_CURRICULUM="shape color", S2_CURRICULUM_STEPS="1", S2_FREEZE_MM="1", MODEL_ARGS="model.vision_stage=8 model.dem_downsample=maxpool",
-               FEATURE_CACHE=str(tmp_path / "fc"))
+               FEATURE_CACHE=str(tmp_path / "fc"), ALIGN_MIXTURE="1", MIXTURE_IMAGES="4", MIXTURE_VAL="1", GENERALISE="1")
     done = subprocess.run(["bash", str(ROOT / "scripts" / "train_mini.sh"), "full"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    broad = dict(env, MIXTURE_IMAGES="4", MIXTURE_VAL="1", GENERALISE="1", REPLAY_IMAGES="4", S3_STEPS="1",
+    broad = dict(env, REPLAY_IMAGES="4", S3_STEPS="1",
                  S3_CURRICULUM="color,shape", S3_CURRICULUM_STEPS="1")
     done = subprocess.run(["bash", str(ROOT / "scripts" / "train_mini_broad.sh"), "full"], env=broad, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
@@ -37,6 +37,17 @@ def test_train_mini_script_smoke(tmp_path):
         assert log[0]["config"]["model"]["views"] == "full" or stage == "stage2"
         assert log[0]["config"]["train"]["stage"] == {"stage0": "align", "stage1": "pretrain", "stage2": "finetune"}[stage]
         assert any(r.get("step") == 1 for r in log), f"{stage} did not log its step"
+    # ALIGN_MIXTURE: the align stage reads HR-VQA's 8 caption records and the mixture's 4 (covering regions)
+    log0 = [json.loads(line) for line in (run / "stage0" / "train.log").read_text().splitlines()]
+    align_data = Path(log0[0]["config"]["data"]["path"])
+    assert align_data == run / "align_captions.jsonl"
+    captions = [json.loads(line) for line in align_data.read_text().splitlines()]
+    assert len(captions) == 12 and sum(r["id"].startswith("mixture-train-") for r in captions) == 4
+    assert any(reg.get("cover") for r in captions[8:] for reg in r["regions"])
+    # S2_STEPS=0: no stage 2; the finished stages are not rerun and the model to continue from is named
+    again = subprocess.run(["bash", str(ROOT / "scripts" / "train_mini.sh"), "full"], env=dict(env, S2_STEPS="0"),
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and f"BASE={run / 'stage2-color' / 'final'}" in again.stdout, again.stderr[-2000:]
     # stage 1 starts from the align stage's adapter
     log1 = [json.loads(line) for line in (run / "stage1" / "train.log").read_text().splitlines()]
     assert log1[0]["config"]["model"]["adapter"] == str(run / "stage0" / "final")
