@@ -12,7 +12,12 @@
 #     HR-VQA's questions of S3_KEEP (default "shape,color": what the base already reads, kept), each
 #     from the previous output (stage3-ENTRY/); mixed into every batch from the start, new question
 #     types stay at the answer prior (experiments/results/mini_broad_mixed_2026-12-02.txt);
-#   S3_STEPS (default 100) steps of 8 records (multi-turn: an image with all its questions), lr 5e-4,
+#   S3_NEW_SHARE (default unset: each stage's records are all those of entries 1..k and S3_KEEP): a
+#     fraction, e.g. 0.5: entry k's questions make that share of stage k's records, the earlier entries'
+#     and S3_KEEP's a sample of the rest (infllava.evaluation.hrvqa.writing.write_curriculum);
+#   S3_SEEN (default ""): mixture subtypes a BASE already reads, kept from the first stage on (with
+#     BASE= a broadened model, e.g. S3_SEEN=color,shape S3_CURRICULUM="presence count,position");
+#   S3_STEPS (default 100; 0 = none: the last curriculum stage is exported) steps of 8 records (multi-turn: an image with all its questions), lr 5e-4,
 #     a fresh LoRA r 8 over the base's merged one + DEM + projector (configs/mini/finetune.yaml), from
 #     the curriculum's last output;
 #   REPLAY_IMAGES (default 600): the first N HR-VQA train records mixed in (each 7 questions);
@@ -37,27 +42,39 @@ FC="${FEATURE_CACHE-.cache/features}"
 source scripts/mini_mixture.sh
 ensure_mixture "$DATA" 0
 D=("data.images=$DATA" "train.feature_cache=$FC")
-SEEN=""
+SEEN="${S3_SEEN:-}"
 for ST in ${S3_CURRICULUM-color,shape presence count,position}; do
+  PREV="$SEEN"
   SEEN="${SEEN:+$SEEN,}$ST"
   if [ ! -f "$RUN/stage3-$ST/final/config.json" ]; then
     mkdir -p "$RUN/curriculum-broad"
     CUR="$RUN/curriculum-broad/train_$ST.jsonl"
-    "$BIN/python" -c "import sys; from infllava.evaluation.hrvqa.writing import write_subtype as w; w(sys.argv[1], sys.argv[2].split(','), sys.argv[3]); w(sys.argv[4], sys.argv[5].split(','), sys.argv[3] + '.keep')" \
-      "$DATA/mixture-train.jsonl" "$SEEN" "$CUR" "$DATA/train.jsonl" "${S3_KEEP:-shape,color}"
-    cat "$CUR.keep" >> "$CUR" && rm "$CUR.keep"
+    if [ -n "${S3_NEW_SHARE:-}" ]; then
+      "$BIN/python" -c "import sys; from infllava.evaluation.hrvqa.writing import write_curriculum as w
+old = ([(sys.argv[1], sys.argv[3].split(','))] if sys.argv[3] else []) + [(sys.argv[4], sys.argv[5].split(','))]
+print('curriculum stage %s: %d new, %d kept questions' % ((sys.argv[2],) + w([(sys.argv[1], sys.argv[2].split(','))], old, sys.argv[6], float(sys.argv[7]))))" \
+        "$DATA/mixture-train.jsonl" "$ST" "$PREV" "$DATA/train.jsonl" "${S3_KEEP:-shape,color}" "$CUR" "$S3_NEW_SHARE"
+    else
+      "$BIN/python" -c "import sys; from infllava.evaluation.hrvqa.writing import write_subtype as w; w(sys.argv[1], sys.argv[2].split(','), sys.argv[3]); w(sys.argv[4], sys.argv[5].split(','), sys.argv[3] + '.keep')" \
+        "$DATA/mixture-train.jsonl" "$SEEN" "$CUR" "$DATA/train.jsonl" "${S3_KEEP:-shape,color}"
+      cat "$CUR.keep" >> "$CUR" && rm "$CUR.keep"
+    fi
     "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" "data.path=$CUR" "model.base=$BASE" \
       "train.output_dir=$RUN/stage3-$ST" "train.max_steps=${S3_CURRICULUM_STEPS:-96}"
   fi
   BASE="$RUN/stage3-$ST/final"
 done
-if [ ! -f "$RUN/stage3/final/config.json" ]; then
-  mkdir -p "$RUN/broad"
-  { head -n "${REPLAY_IMAGES:-600}" "$DATA/train.jsonl"; cat "$DATA/mixture-train.jsonl"; } > "$RUN/broad/train.jsonl"
-  "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" "data.path=$RUN/broad/train.jsonl" \
-    "model.base=$BASE" "train.output_dir=$RUN/stage3" "train.max_steps=${S3_STEPS:-100}"
+LAST="$BASE"
+if [ "${S3_STEPS:-100}" != 0 ]; then
+  LAST="$RUN/stage3/final"
+  if [ ! -f "$LAST/config.json" ]; then
+    mkdir -p "$RUN/broad"
+    { head -n "${REPLAY_IMAGES:-600}" "$DATA/train.jsonl"; cat "$DATA/mixture-train.jsonl"; } > "$RUN/broad/train.jsonl"
+    "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" "data.path=$RUN/broad/train.jsonl" \
+      "model.base=$BASE" "train.output_dir=$RUN/stage3" "train.max_steps=${S3_STEPS:-100}"
+  fi
 fi
-"$BIN/python" -c "from infllava.parts import export_parts; export_parts('$RUN/stage3/final', '$RUN/parts-broad')"
+"$BIN/python" -c "from infllava.parts import export_parts; export_parts('$LAST', '$RUN/parts-broad')"
 evaluate() {  # split file, scores file
   [ -f "$RUN/$2" ] || "$BIN/infllava" eval "$RUN/parts-broad" --data "$DATA/$1" --images "$DATA" \
     --out "$RUN/$2" ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} ${FC:+--feature-cache "$FC"}

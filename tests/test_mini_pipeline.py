@@ -105,3 +105,18 @@ def test_train_mini_script_smoke(tmp_path):
     model, processor = infllava.load(run / "parts", device="cpu")
     # MODEL_ARGS reach the first stage, and the model they fix carries through to the parts
     assert model.config.views == "full" and model.config.dem_downsample == "maxpool" and model.config.vision_config.stage == 8
+    # a continuation of the broadened model: one rebalanced curriculum stage (S3_NEW_SHARE), no mixed stage
+    # (S3_STEPS=0: the curriculum stage is what is exported)
+    cont = dict(broad, RUNS=str(tmp_path / "cont"), BASE=str(run / "stage3" / "final"), S3_SEEN="color,shape",
+                S3_CURRICULUM="presence", S3_NEW_SHARE="0.5", S3_STEPS="0", GENERALISE_EVAL="0")
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "train_mini_broad.sh"), "full"], env=cont, cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    crun = tmp_path / "cont" / "mini-full"
+    cur = [json.loads(line) for line in (crun / "curriculum-broad" / "train_presence.jsonl").read_text().splitlines()]
+    n_new = sum(r["subtype"] == "presence" for r in cur)
+    assert n_new == 4 and len(cur) == 2 * n_new  # half new, half kept (mixture colour + shape, HR-VQA shape + colour)
+    assert {r["subtype"] for r in cur[n_new:]} <= {"color", "shape"}
+    assert not (crun / "stage3").exists() and not (crun / "broad_generalise_scores.json").exists()
+    assert json.loads((crun / "parts-broad" / "parts.json").read_text())["lora"]["r"] == 48
+    assert json.loads((crun / "broad_val_scores.json").read_text())["scores"]["missing"] == 0

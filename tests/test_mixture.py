@@ -419,3 +419,21 @@ def test_mixture_captions_name_every_cell_a_large_shape_covers(tmp_path):
     info = json.loads((cli_dir / "mixture.json").read_text())
     assert info["splits"]["mixture-train"]["captions"] == "mixture-train_captions.jsonl"
     assert len((cli_dir / "mixture-train_captions.jsonl").read_text().splitlines()) == 2
+
+
+def test_write_curriculum_gives_the_new_types_their_share(tmp_path):
+    """A rebalanced curriculum stage: every new question, and of the kept ones as many as the share asks."""
+    from infllava.evaluation.hrvqa.writing import write_curriculum
+
+    src = write_mixture(tmp_path, "mixture-train", 12)
+    new = [q["id"] for q in iter_questions(src) if q["subtype"] == "presence"]
+    old = [q["id"] for q in iter_questions(src) if q["subtype"] in ("color", "shape")]
+    out = tmp_path / "cur.jsonl"
+    assert write_curriculum([(src, "presence")], [(src, ["color", "shape"])], out, new_share=0.5) == (len(new), len(new))
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert ids[:len(new)] == new and set(ids[len(new):]) < set(old) and len(set(ids)) == len(ids)
+    # a share of 1/3: twice as many kept, and never more than there are
+    assert write_curriculum([(src, "presence")], [(src, ["color", "shape"])], out, new_share=1 / 3)[1] == min(2 * len(new), len(old))
+    assert write_curriculum([(src, "presence")], [(src, ["color", "shape"])], out, new_share=0.01)[1] == len(old)
+    with pytest.raises(ValueError, match="new_share"):
+        write_curriculum([(src, "presence")], [], out, new_share=0)

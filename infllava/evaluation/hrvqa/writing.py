@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,7 +30,7 @@ from .scenes import (
 )
 from .scoring import iter_questions
 
-__all__ = ["write_split", "write_captions", "write_subtype", "main"]
+__all__ = ["write_split", "write_captions", "write_subtype", "write_curriculum", "main"]
 
 
 def _human(question: str, first: bool) -> dict[str, str]:
@@ -117,11 +118,8 @@ def write_caption_records(out_dir: str | os.PathLike, split: str, num_images: in
     return path
 
 
-def write_subtype(src: str | os.PathLike, subtypes: str | Iterable[str], out: str | os.PathLike) -> int:
-    """Write the questions of `subtypes` from a split file (either layout) as single-turn records, each
-    with the image placeholder, to `out`; returns how many. The data of a curriculum stage (the
-    subtypes learned so far, scripts/train_mini.sh S2_CURRICULUM, train_mini_broad.sh S3_CURRICULUM) and of
-    experiments/mini_one_subtype.py."""
+def _subtype_rows(src: str | os.PathLike, subtypes: str | Iterable[str]) -> list[str]:
+    """The questions of `subtypes` in a split file (either layout) as single-turn JSON lines."""
     wanted = {subtypes} if isinstance(subtypes, str) else set(subtypes)
     questions = list(iter_questions(src))
     # HR-VQA's subtypes, and those the file holds (the simple-scene mixture's: presence, position, ...)
@@ -139,9 +137,41 @@ def write_subtype(src: str | os.PathLike, subtypes: str | Iterable[str], out: st
                                                       {"from": "gpt", "value": q["answer"]}]}) + "\n")
     if not rows:
         raise ValueError(f"{src}: no questions of subtype(s) {sorted(wanted)}")
+    return rows
+
+
+def write_subtype(src: str | os.PathLike, subtypes: str | Iterable[str], out: str | os.PathLike) -> int:
+    """Write the questions of `subtypes` from a split file (either layout) as single-turn records, each
+    with the image placeholder, to `out`; returns how many. The data of a curriculum stage (the
+    subtypes learned so far, scripts/train_mini.sh S2_CURRICULUM, train_mini_broad.sh S3_CURRICULUM) and of
+    experiments/mini_one_subtype.py."""
+    rows = _subtype_rows(src, subtypes)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text("".join(rows), encoding="utf-8")
     return len(rows)
+
+
+def write_curriculum(new: Iterable[tuple[str | os.PathLike, str | Iterable[str]]],
+                     old: Iterable[tuple[str | os.PathLike, str | Iterable[str]]],
+                     out: str | os.PathLike, new_share: float = 0.5, seed: int = 0) -> tuple[int, int]:
+    """One curriculum stage's data with the new question types at `new_share` of the records: all the
+    (file, subtypes) questions of `new`, and of `old` (what earlier stages taught, kept) a uniform sample
+    of len(new) * (1 - share) / share (all of them if fewer), drawn with `seed`; single-turn records in
+    file order, new ones first. Returns (new, old) counts.
+
+    Why: with every type learned so far in equal measure, a new type is a small share of each batch (the
+    mixture's presence questions 19%, count 9% of train_mini_broad.sh's stages) and 96 steps leave it at
+    its answer prior (experiments/results/mini_broad_v2_2026-12-03.txt)."""
+    if not 0.0 < new_share <= 1.0:
+        raise ValueError(f"new_share must be in (0, 1], got {new_share!r}")
+    new_rows = [row for src, st in new for row in _subtype_rows(src, st)]
+    old_rows = [row for src, st in old for row in _subtype_rows(src, st)]
+    keep = min(len(old_rows), round(len(new_rows) * (1.0 - new_share) / new_share))
+    picked = sorted(random.Random(seed).sample(range(len(old_rows)), keep))
+    rows = new_rows + [old_rows[i] for i in picked]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("".join(rows), encoding="utf-8")
+    return len(new_rows), keep
 
 
 # --------------------------------------------------------------------------------------------------
