@@ -49,16 +49,13 @@ for ST in ${S3_CURRICULUM-color,shape presence count,position}; do
   if [ ! -f "$RUN/stage3-$ST/final/config.json" ]; then
     mkdir -p "$RUN/curriculum-broad"
     CUR="$RUN/curriculum-broad/train_$ST.jsonl"
-    if [ -n "${S3_NEW_SHARE:-}" ]; then
-      "$BIN/python" -c "import sys; from infllava.evaluation.hrvqa.writing import write_curriculum as w
-old = ([(sys.argv[1], sys.argv[3].split(','))] if sys.argv[3] else []) + [(sys.argv[4], sys.argv[5].split(','))]
-print('curriculum stage %s: %d new, %d kept questions' % ((sys.argv[2],) + w([(sys.argv[1], sys.argv[2].split(','))], old, sys.argv[6], float(sys.argv[7]))))" \
-        "$DATA/mixture-train.jsonl" "$ST" "$PREV" "$DATA/train.jsonl" "${S3_KEEP:-shape,color}" "$CUR" "$S3_NEW_SHARE"
-    else
-      "$BIN/python" -c "import sys; from infllava.evaluation.hrvqa.writing import write_subtype as w; w(sys.argv[1], sys.argv[2].split(','), sys.argv[3]); w(sys.argv[4], sys.argv[5].split(','), sys.argv[3] + '.keep')" \
-        "$DATA/mixture-train.jsonl" "$SEEN" "$CUR" "$DATA/train.jsonl" "${S3_KEEP:-shape,color}"
-      cat "$CUR.keep" >> "$CUR" && rm "$CUR.keep"
-    fi
+    # unset S3_NEW_SHARE: every question of entries 1..k, then S3_KEEP's; set: entry k's at that share
+    "$BIN/python" -c "import sys; from infllava.evaluation.hrvqa.writing import write_curriculum as w
+mix, st, prev, hr, keep, out, share = sys.argv[1:]
+new, old = (st, prev) if share else (','.join(filter(None, (prev, st))), '')
+old = ([(mix, old.split(','))] if old else []) + [(hr, keep.split(','))]
+print('curriculum stage %s: %d new, %d kept questions' % ((st,) + w([(mix, new.split(','))], old, out, float(share) if share else None)))" \
+      "$DATA/mixture-train.jsonl" "$ST" "$PREV" "$DATA/train.jsonl" "${S3_KEEP:-shape,color}" "$CUR" "${S3_NEW_SHARE:-}"
     "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" "data.path=$CUR" "model.base=$BASE" \
       "train.output_dir=$RUN/stage3-$ST" "train.max_steps=${S3_CURRICULUM_STEPS:-96}"
   fi

@@ -153,25 +153,26 @@ def write_subtype(src: str | os.PathLike, subtypes: str | Iterable[str], out: st
 
 def write_curriculum(new: Iterable[tuple[str | os.PathLike, str | Iterable[str]]],
                      old: Iterable[tuple[str | os.PathLike, str | Iterable[str]]],
-                     out: str | os.PathLike, new_share: float = 0.5, seed: int = 0) -> tuple[int, int]:
+                     out: str | os.PathLike, new_share: float | None = 0.5, seed: int = 0) -> tuple[int, int]:
     """One curriculum stage's data with the new question types at `new_share` of the records: all the
     (file, subtypes) questions of `new`, and of `old` (what earlier stages taught, kept) a uniform sample
-    of len(new) * (1 - share) / share (all of them if fewer), drawn with `seed`; single-turn records in
-    file order, new ones first. Returns (new, old) counts.
+    of len(new) * (1 - share) / share (all of them if fewer; all of them for None), drawn with `seed`;
+    single-turn records in file order, new ones first. Returns (new, old) counts.
 
     Why: with every type learned so far in equal measure, a new type is a small share of each batch (the
     mixture's presence questions 19%, count 9% of train_mini_broad.sh's stages) and 96 steps leave it at
     its answer prior (experiments/results/mini_broad_v2_2026-12-03.txt)."""
-    if not 0.0 < new_share <= 1.0:
+    if new_share is not None and not 0.0 < new_share <= 1.0:
         raise ValueError(f"new_share must be in (0, 1], got {new_share!r}")
     new_rows = [row for src, st in new for row in _subtype_rows(src, st)]
     old_rows = [row for src, st in old for row in _subtype_rows(src, st)]
-    keep = min(len(old_rows), round(len(new_rows) * (1.0 - new_share) / new_share))
-    picked = sorted(random.Random(seed).sample(range(len(old_rows)), keep))
-    rows = new_rows + [old_rows[i] for i in picked]
+    if new_share is not None:
+        keep = min(len(old_rows), round(len(new_rows) * (1.0 - new_share) / new_share))
+        old_rows = [old_rows[i] for i in sorted(random.Random(seed).sample(range(len(old_rows)), keep))]
+    rows = new_rows + old_rows
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text("".join(rows), encoding="utf-8")
-    return len(new_rows), keep
+    return len(new_rows), len(old_rows)
 
 
 # --------------------------------------------------------------------------------------------------
