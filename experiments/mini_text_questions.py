@@ -30,7 +30,7 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from infllava.evaluation.hrvqa.mixture import MIXTURE_ANSWERS, make_simple_sample, make_simple_scene
+    from infllava.evaluation.hrvqa.mixture import MIXTURE_ANSWERS, make_simple_scene
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("subtypes", help="comma-separated mixture subtypes, e.g. presence or presence,count")
@@ -50,38 +50,36 @@ def main() -> None:
     lm = get_peft_model(AutoModelForCausalLM.from_pretrained(args.lm), LoraConfig(
         r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
 
-    def first(word: str) -> int:
-        return tok(word, add_special_tokens=False)["input_ids"][0]
+    # each answer's first token (the answer is chosen among its subtype's by that token's logit)
+    first = {a: tok(a, add_special_tokens=False)["input_ids"][0] for st in subtypes for a in MIXTURE_ANSWERS[st]}
 
     def items(split: str, n: int) -> list:
-        out = []
-        for i in range(n):
-            desc = ", ".join(o.describe() for o in make_simple_scene(split, i).objects)
-            out += [(desc, q) for q in make_simple_sample(split, i)[1] if q["subtype"] in subtypes]
-        return out
+        """(the scene's object descriptions, question) pairs; the scene holds its questions (no rendering)."""
+        scenes = (make_simple_scene(split, i) for i in range(n))
+        return [([o.describe() for o in sc.objects], q) for sc in scenes for q in sc.questions if q["subtype"] in subtypes]
 
     embed = lm.get_input_embeddings()
 
     def ids(text: str) -> torch.Tensor:
         return tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
 
-    def prompt(desc: str, q: dict) -> torch.Tensor:
+    def prompt(objs: list[str], q: dict) -> torch.Tensor:
         """The input embeddings of SmolLM2's chat turn (without its system prompt: shorter)."""
         pre, post = "<|im_start|>user\nThe image shows: ", f".\n{q['question']} Answer with one word.<|im_end|>\n<|im_start|>assistant\n"
         if not args.blend:
-            return embed(ids(pre + desc + post))
+            return embed(ids(pre + ", ".join(objs) + post))
         with torch.no_grad():
-            objects = [embed(ids(" " + o)).mean(1, keepdim=True).expand(1, args.blend, -1) for o in desc.split(", ")]
+            objects = [embed(ids(" " + o)).mean(1, keepdim=True).expand(1, args.blend, -1) for o in objs]
         return torch.cat([embed(ids(pre)), *objects, embed(ids(post))], 1)
 
     def evaluate(val: list) -> str:
         lm.eval()
         acc: dict = collections.defaultdict(lambda: [0, 0])
         with torch.no_grad():
-            for desc, q in val:
-                logits = lm(inputs_embeds=prompt(desc, q)).logits[0, -1]
+            for objs, q in val:
+                logits = lm(inputs_embeds=prompt(objs, q)).logits[0, -1]
                 choices = MIXTURE_ANSWERS[q["subtype"]]
-                answer = choices[int(torch.stack([logits[first(c)] for c in choices]).argmax())]
+                answer = choices[int(torch.stack([logits[first[c]] for c in choices]).argmax())]
                 acc[q["subtype"]][0] += answer == q["answer"]
                 acc[q["subtype"]][1] += 1
         lm.train()
@@ -94,9 +92,9 @@ def main() -> None:
     lm.train()
     for step in range(1, args.steps + 1):
         loss = torch.zeros(())
-        for desc, q in rng.sample(train, 8):
-            answer = torch.tensor([[first(q["answer"])]])
-            x = torch.cat([prompt(desc, q), embed(answer)], 1)
+        for objs, q in rng.sample(train, 8):
+            answer = torch.tensor([[first[q["answer"]]]])
+            x = torch.cat([prompt(objs, q), embed(answer)], 1)
             labels = torch.full(x.shape[:2], -100)
             labels[0, -1] = answer[0, 0]
             loss = loss + lm(inputs_embeds=x, labels=labels).loss / 8

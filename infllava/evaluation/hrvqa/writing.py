@@ -145,10 +145,7 @@ def write_subtype(src: str | os.PathLike, subtypes: str | Iterable[str], out: st
     with the image placeholder, to `out`; returns how many. The data of a curriculum stage (the
     subtypes learned so far, scripts/train_mini.sh S2_CURRICULUM, train_mini_broad.sh S3_CURRICULUM) and of
     experiments/mini_one_subtype.py."""
-    rows = _subtype_rows(src, subtypes)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text("".join(rows), encoding="utf-8")
-    return len(rows)
+    return write_curriculum([(src, subtypes)], [], out, new_share=None)[0]
 
 
 def write_curriculum(new: Iterable[tuple[str | os.PathLike, str | Iterable[str]]],
