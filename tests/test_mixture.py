@@ -437,3 +437,39 @@ def test_write_curriculum_gives_the_new_types_their_share(tmp_path):
     assert write_curriculum([(src, "presence")], [(src, ["color", "shape"])], out, new_share=0.01)[1] == len(old)
     with pytest.raises(ValueError, match="new_share"):
         write_curriculum([(src, "presence")], [], out, new_share=0)
+
+
+def test_write_turns_keeps_the_chosen_turns_of_multi_turn_records(tmp_path):
+    """Multi-turn records cut to some subtypes: the kept question-answer pairs in their order, the image
+    placeholder on the first, the subtype lists matching; untouched records verbatim; a shuffled union."""
+    from infllava.evaluation.hrvqa.writing import write_turns
+
+    src = write_mixture(tmp_path, "mixture-train", 6)
+    records = [json.loads(line) for line in src.read_text().splitlines()]
+    out = tmp_path / "turns.jsonl"
+    assert write_turns([(src, ["shape", "presence"])], out, seed=3) == sum(
+        any(s in ("shape", "presence") for s in r["subtypes"]) for r in records)
+    got = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    for r in records:
+        keep = [i for i, s in enumerate(r["subtypes"]) if s in ("shape", "presence")]
+        if not keep:
+            continue
+        g = got[r["id"]]
+        assert g["subtypes"] == [r["subtypes"][i] for i in keep] and len(g["kinds"]) == len(keep)
+        assert [t["value"] for t in g["conversations"][1::2]] == [r["conversations"][2 * i + 1]["value"] for i in keep]
+        humans = [t["value"] for t in g["conversations"][0::2]]
+        assert humans[0].startswith("<image>\n") and not any("<image>" in h for h in humans[1:])
+        assert [h.replace("<image>\n", "") for h in humans] == [
+            r["conversations"][2 * i]["value"].replace("<image>\n", "") for i in keep]
+    # all turns: the records themselves, in another order; the same seed, the same file
+    assert write_turns([(src, None)], out, seed=3) == len(records)
+    lines = out.read_text().splitlines()
+    assert sorted(lines) == sorted(json.dumps(r) for r in records)
+    write_turns([(src, None)], tmp_path / "again.jsonl", seed=3)
+    assert (tmp_path / "again.jsonl").read_text().splitlines() == lines
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "image": "a.png", "conversations": []}\n')
+    with pytest.raises(ValueError, match="no subtype per question turn"):
+        write_turns([(bad, None)], out)
+    with pytest.raises(ValueError, match="no question turns"):
+        write_turns([(src, "digit")], out)
