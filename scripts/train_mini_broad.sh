@@ -20,12 +20,18 @@
 #   S3_STEPS (default 100; 0 = none: the last curriculum stage is exported) steps of 8 records (multi-turn: an image with all its questions), lr 5e-4,
 #     a fresh LoRA r 8 over the base's merged one + DEM + projector (configs/mini/finetune.yaml), from
 #     the curriculum's last output;
+#   READ_STEPS (default "": none): the reading stage after all of the above, rounds of that many steps each,
+#     e.g. "150 100": multi-turn records (infllava.evaluation.hrvqa.writing.write_turns: every mixture-train
+#     image with all its questions + the HR-VQA train images with their READ_KEEP turns, default
+#     "shape,color,largest"), 8 a step, DEM + projector frozen (train.freeze_mm: the align stage's tokens
+#     stay as they are), round k with train.seed=k-1 from the previous output, into stage4-k/
+#     (experiments/results/mini_lm_read_2026-12-03.txt);
 #   REPLAY_IMAGES (default 600): the first N HR-VQA train records mixed in (each 7 questions);
 #   MIXTURE_IMAGES (1000), MIXTURE_VAL (80), GENERALISE (120): mixture images written to DATA if missing
 #     (scripts/mini_mixture.sh);
 #   GENERALISE_EVAL (default 1; 0 = not scored: the held-out split is scored once, on the model chosen);
 #   DATA (.cache/hrvqa, written by train_mini.sh), RUNS (runs), FEATURE_CACHE (.cache/features), EVAL_LIMIT.
-# Outputs in $RUNS/mini-VIEWS/: curriculum-broad/, stage3-ENTRY/, broad/train.jsonl, stage3/ (resumable: the same command continues an
+# Outputs in $RUNS/mini-VIEWS/: curriculum-broad/, stage3-ENTRY/, broad/train.jsonl, stage3/, read/train.jsonl, stage4-K/ (resumable: the same command continues an
 # interrupted run from its last checkpoint; a finished stage is not run again), parts-broad/ (the
 # exportable parts), broad_{test,val,generalise}_scores.json.
 set -euo pipefail
@@ -71,6 +77,19 @@ if [ "${S3_STEPS:-100}" != 0 ]; then
       "model.base=$BASE" "train.output_dir=$RUN/stage3" "train.max_steps=${S3_STEPS:-100}"
   fi
 fi
+K=0
+for STEPS in ${READ_STEPS:-}; do
+  K=$((K + 1))
+  if [ ! -f "$RUN/stage4-$K/final/config.json" ]; then
+    [ -f "$RUN/read/train.jsonl" ] || "$BIN/python" -c "import sys; from infllava.evaluation.hrvqa.writing import write_turns as w
+print('reading stage: %d records' % w([(sys.argv[1], None), (sys.argv[2], sys.argv[3].split(','))], sys.argv[4]))" \
+      "$DATA/mixture-train.jsonl" "$DATA/train.jsonl" "${READ_KEEP:-shape,color,largest}" "$RUN/read/train.jsonl"
+    "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" "data.path=$RUN/read/train.jsonl" \
+      "model.base=$LAST" "train.output_dir=$RUN/stage4-$K" "train.max_steps=$STEPS" train.freeze_mm=true \
+      "train.seed=$((K - 1))" train.save_every=25
+  fi
+  LAST="$RUN/stage4-$K/final"
+done
 "$BIN/python" -c "from infllava.parts import export_parts; export_parts('$LAST', '$RUN/parts-broad')"
 evaluate() {  # split file, scores file
   [ -f "$RUN/$2" ] || "$BIN/infllava" eval "$RUN/parts-broad" --data "$DATA/$1" --images "$DATA" \
