@@ -28,8 +28,17 @@ def normalize_answer(text: str) -> str:
 
 
 def load_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a JSONL file (blank lines skipped); ValueError naming the file and line of one that is
+    not JSON."""
+    records = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{line_no}: not a JSON record ({e.msg})") from None
+    return records
 
 
 def _strip_prompt(value: str) -> str:

@@ -28,7 +28,7 @@ from .scenes import (
     make_scene,
     regions,
 )
-from .scoring import iter_questions
+from .scoring import iter_questions, load_jsonl
 
 __all__ = ["write_split", "write_captions", "write_subtype", "write_curriculum", "write_turns", "main"]
 
@@ -208,17 +208,10 @@ def write_turns(sources: Iterable[tuple[str | os.PathLike, str | Iterable[str] |
     for src, subtypes in sources:
         wanted = None if subtypes is None else ({subtypes} if isinstance(subtypes, str) else set(subtypes))
         n = len(rows)
-        with open(src, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{src}:{line_no}: not a JSON record ({e.msg})") from None
-                kept = _kept_turns(rec, wanted, src)
-                if kept is not None:
-                    rows.append(json.dumps(kept) + "\n")
+        for rec in load_jsonl(src):
+            kept = _kept_turns(rec, wanted, src)
+            if kept is not None:
+                rows.append(json.dumps(kept) + "\n")
         if len(rows) == n:
             raise ValueError(f"{src}: no question turns of subtype(s) {sorted(wanted or [])}")
     random.Random(seed).shuffle(rows)
