@@ -26,12 +26,14 @@
 #     "shape,color,largest"), 8 a step, DEM + projector frozen (train.freeze_mm: the align stage's tokens
 #     stay as they are), round k with train.seed=k-1 from the previous output, into stage4-k/
 #     (experiments/results/mini_lm_read_2026-12-03.txt);
+#   READ_PRESENCE (default 0): up to that many more presence turns in front of each mixture image's own
+#     (write_turns(presence=N), mixture.presence_questions), records in read/train-presenceN.jsonl;
 #   REPLAY_IMAGES (default 600): the first N HR-VQA train records mixed in (each 7 questions);
 #   MIXTURE_IMAGES (1000), MIXTURE_VAL (80), GENERALISE (120): mixture images written to DATA if missing
 #     (scripts/mini_mixture.sh);
 #   GENERALISE_EVAL (default 1; 0 = not scored: the held-out split is scored once, on the model chosen);
 #   DATA (.cache/hrvqa, written by train_mini.sh), RUNS (runs), FEATURE_CACHE (.cache/features), EVAL_LIMIT.
-# Outputs in $RUNS/mini-VIEWS/: curriculum-broad/, stage3-ENTRY/, broad/train.jsonl, stage3/, read/train.jsonl, stage4-K/ (resumable: the same command continues an
+# Outputs in $RUNS/mini-VIEWS/: curriculum-broad/, stage3-ENTRY/, broad/train.jsonl, stage3/, read/train[-presenceN].jsonl, stage4-K/ (resumable: the same command continues an
 # interrupted run from its last checkpoint; a finished stage is not run again), parts-broad/ (the
 # exportable parts), broad_{test,val,generalise}_scores.json.
 set -euo pipefail
@@ -78,13 +80,14 @@ if [ "${S3_STEPS:-100}" != 0 ]; then
   fi
 fi
 K=0
+READ="$RUN/read/train${READ_PRESENCE:+-presence$READ_PRESENCE}.jsonl"
 for STEPS in ${READ_STEPS:-}; do
   K=$((K + 1))
   if [ ! -f "$RUN/stage4-$K/final/config.json" ]; then
-    [ -f "$RUN/read/train.jsonl" ] || "$BIN/python" -c "import sys; from infllava.evaluation.hrvqa.writing import write_turns as w
-print('reading stage: %d records' % w([(sys.argv[1], None), (sys.argv[2], sys.argv[3].split(','))], sys.argv[4]))" \
-      "$DATA/mixture-train.jsonl" "$DATA/train.jsonl" "${READ_KEEP:-shape,color,largest}" "$RUN/read/train.jsonl"
-    "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" "data.path=$RUN/read/train.jsonl" \
+    [ -f "$READ" ] || "$BIN/python" -c "import sys; from infllava.evaluation.hrvqa.writing import write_turns as w
+print('reading stage: %d records' % w([(sys.argv[1], None), (sys.argv[2], sys.argv[3].split(','))], sys.argv[4], presence=int(sys.argv[5])))" \
+      "$DATA/mixture-train.jsonl" "$DATA/train.jsonl" "${READ_KEEP:-shape,color,largest}" "$READ" "${READ_PRESENCE:-0}"
+    "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" "data.path=$READ" \
       "model.base=$LAST" "train.output_dir=$RUN/stage4-$K" "train.max_steps=$STEPS" train.freeze_mm=true \
       "train.seed=$((K - 1))" train.save_every=25
   fi

@@ -108,7 +108,8 @@ def test_train_mini_script_smoke(tmp_path):
     # a continuation of the broadened model: one rebalanced curriculum stage (S3_NEW_SHARE), no mixed stage
     # (S3_STEPS=0: the curriculum stage is what is exported)
     cont = dict(broad, RUNS=str(tmp_path / "cont"), BASE=str(run / "stage3" / "final"), S3_SEEN="color,shape",
-                S3_CURRICULUM="presence", S3_NEW_SHARE="0.5", S3_STEPS="0", GENERALISE_EVAL="0", READ_STEPS="1 1")
+                S3_CURRICULUM="presence", S3_NEW_SHARE="0.5", S3_STEPS="0", GENERALISE_EVAL="0", READ_STEPS="1 1",
+                READ_PRESENCE="2")
     done = subprocess.run(["bash", str(ROOT / "scripts" / "train_mini_broad.sh"), "full"], env=cont, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -118,9 +119,12 @@ def test_train_mini_script_smoke(tmp_path):
     assert n_new == 4 and len(cur) == 2 * n_new  # half new, half kept (mixture colour + shape, HR-VQA shape + colour)
     assert {r["subtype"] for r in cur[n_new:]} <= {"color", "shape"}
     assert not (crun / "stage3").exists() and not (crun / "broad_generalise_scores.json").exists()
-    # READ_STEPS="1 1": two reading rounds after the curriculum, multi-turn, DEM + projector frozen, seeds 0 and 1
-    read = [json.loads(line) for line in (crun / "read" / "train.jsonl").read_text().splitlines()]
+    # READ_STEPS="1 1": two reading rounds after the curriculum, multi-turn, DEM + projector frozen, seeds 0 and 1;
+    # READ_PRESENCE="2": each mixture image asked up to 2 more presence questions first
+    read = [json.loads(line) for line in (crun / "read" / "train-presence2.jsonl").read_text().splitlines()]
     assert len(read) == 12 and sum(r["id"].startswith("mixture-train-") for r in read) == 4  # 8 HR-VQA + 4 mixture images
+    assert all(r["subtypes"][0] == "presence" and r["subtypes"].count("presence") >= 2
+               for r in read if r["id"].startswith("mixture"))
     assert all(set(r["subtypes"]) <= {"shape", "color", "largest"} for r in read if not r["id"].startswith("mixture"))
     for k in (1, 2):
         cfg = json.loads((crun / f"stage4-{k}" / "train.log").read_text().splitlines()[0])["config"]

@@ -30,6 +30,7 @@ from infllava.evaluation.hrvqa.mixture import (
     TRAIN_STYLES,
     make_simple_sample,
     make_simple_scene,
+    presence_questions,
     render_simple_scene,
     write_mixture,
     write_mixture_captions,
@@ -473,3 +474,52 @@ def test_write_turns_keeps_the_chosen_turns_of_multi_turn_records(tmp_path):
         write_turns([(bad, None)], out)
     with pytest.raises(ValueError, match="no question turns"):
         write_turns([(src, "digit")], out)
+
+
+def test_presence_questions_are_true_new_and_training_only():
+    """More presence questions for training: each answer true of the scene, no target asked twice or the
+    scene's own, both answers in use, the same ones every time, and never for the held-out split."""
+    answers = Counter()
+    for i in range(40):
+        scene = make_simple_scene("mixture-train", i)
+        there = {o.describe() for o in scene.objects}
+        own = {q["meta"]["target"] for q in scene.questions if q["subtype"] == "presence"}
+        qs = presence_questions("mixture-train", i, 3)
+        assert qs == presence_questions("mixture-train", i, 3) and 1 <= len(qs) <= 3
+        targets = [q["meta"]["target"] for q in qs]
+        assert len(set(targets)) == len(targets) and not set(targets) & own
+        for q in qs:
+            assert q["answer"] == ("yes" if q["meta"]["target"] in there else "no") and q["subtype"] == "presence"
+            assert q["meta"]["template"] in TRAIN_PHRASINGS["presence"]
+            answers[q["answer"]] += 1
+    assert answers["yes"] > 30 and answers["no"] > 30
+    assert presence_questions("mixture-train", 0, 0) == []
+    with pytest.raises(ValueError, match="training splits"):
+        presence_questions("generalise", 0, 2)
+
+
+def test_write_turns_puts_more_presence_turns_first(tmp_path):
+    """presence=N: a mixture-train record gets up to N presence turns in front (the image placeholder on the
+    first), its own turns after them unchanged; HR-VQA records stay as they were."""
+    from infllava.evaluation.hrvqa.writing import write_turns
+
+    src = write_mixture(tmp_path, "mixture-train", 5)
+    hr = tmp_path / "hr.jsonl"
+    hr_rec = {"id": "train-0", "image": "a.png", "subtypes": ["shape"], "kinds": ["detail"],
+              "conversations": [{"from": "human", "value": "<image>\nWhat shape? Answer with one word."},
+                                {"from": "gpt", "value": "circle"}]}
+    hr.write_text(json.dumps(hr_rec) + "\n")
+    out = tmp_path / "turns.jsonl"
+    assert write_turns([(src, None), (hr, None)], out, presence=2) == 6
+    got = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert got["train-0"] == hr_rec
+    for r in map(json.loads, src.read_text().splitlines()):
+        g = got[r["id"]]
+        extra = presence_questions("mixture-train", int(r["id"].rsplit("-", 1)[1]), 2)
+        k = len(extra)
+        assert g["subtypes"] == ["presence"] * k + r["subtypes"] and len(g["kinds"]) == len(g["subtypes"])
+        assert [t["value"] for t in g["conversations"][1:2 * k:2]] == [q["answer"] for q in extra]
+        assert g["conversations"][0]["value"].startswith("<image>\n" + extra[0]["question"])
+        assert [t["value"] for t in g["conversations"][2 * k:]] == [
+            t["value"].replace("<image>\n", "") if j == 0 else t["value"] for j, t in enumerate(r["conversations"])]
+        assert sum("<image>" in t["value"] for t in g["conversations"]) == 1

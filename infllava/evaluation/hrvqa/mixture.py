@@ -604,6 +604,42 @@ def make_simple_scene(split: str, index: int) -> SimpleScene:
     return scene
 
 
+def presence_questions(split: str, index: int, n: int) -> list[dict[str, Any]]:
+    """Up to `n` more presence questions about the scene of (split, index), for training: half the time a
+    present object not yet asked about ("yes"), otherwise an absent target drawn as the scene's own presence
+    question draws them (mostly a present shape in another colour or a present colour on another shape;
+    "no"); none asked twice, none the scene's own, so a one-shape scene gets mostly "no" (over mixture-train
+    with n = 3: ~41% "yes"). Deterministic; an rng of its own, so the scene and its
+    questions stay as they are. Only for the training splits (the held-out split is never trained on)."""
+    if split not in TRAIN_SPLITS:
+        raise ValueError(f"presence_questions is for the training splits {TRAIN_SPLITS}, got {split!r}")
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an integer >= 0, got {n!r}")
+    scene = make_simple_scene(split, index)
+    tones = _background_tones(scene.background)
+    colors = [c for c in MIXTURE_COLORS if all(_contrasts(t, c) for t in tones)]
+    rng = random.Random(f"mixture-presence-{MIXTURE_SPLIT_SEEDS[split]}-{index}")
+    asked = {q["meta"]["target"] for q in scene.questions if q["subtype"] == "presence"}
+    out: list[dict[str, Any]] = []
+    for _ in range(20 * n):
+        if len(out) == n:
+            break
+        unasked = [o.describe() for o in scene.objects if o.describe() not in asked]
+        if unasked and rng.random() < 0.5:
+            desc, present, absent = rng.choice(unasked), True, None
+        else:
+            desc, present, absent = _presence(rng, scene.objects, colors)
+            if present or desc in asked:
+                continue
+        asked.add(desc)
+        template = rng.choice(TRAIN_PHRASINGS["presence"])
+        out.append({"question": template.format(target=_article(desc)), "answer": "yes" if present else "no",
+                    "kind": KIND, "subtype": "presence",
+                    "meta": {"style": scene.style, "template": template, "target": desc, "present": present,
+                             "absent": absent}})
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Rendering
 
