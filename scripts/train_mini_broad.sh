@@ -27,7 +27,7 @@
 #     stay as they are), round k with train.seed=k-1 from the previous output, into stage4-k/
 #     (experiments/results/mini_lm_read_2026-12-03.txt);
 #   READ_PRESENCE (default 0): up to that many more presence turns in front of each mixture image's own
-#     (write_turns(presence=N), mixture.presence_questions), records in read/train-presenceN.jsonl;
+#     (mixture.with_presence_turns), records in read/train-presenceN.jsonl;
 #   REPLAY_IMAGES (default 600): the first N HR-VQA train records mixed in (each 7 questions);
 #   MIXTURE_IMAGES (1000), MIXTURE_VAL (80), GENERALISE (120): mixture images written to DATA if missing
 #     (scripts/mini_mixture.sh);
@@ -84,8 +84,10 @@ READ="$RUN/read/train${READ_PRESENCE:+-presence$READ_PRESENCE}.jsonl"
 for STEPS in ${READ_STEPS:-}; do
   K=$((K + 1))
   if [ ! -f "$RUN/stage4-$K/final/config.json" ]; then
-    [ -f "$READ" ] || "$BIN/python" -c "import sys; from infllava.evaluation.hrvqa.writing import write_turns as w
-print('reading stage: %d records' % w([(sys.argv[1], None), (sys.argv[2], sys.argv[3].split(','))], sys.argv[4], presence=int(sys.argv[5])))" \
+    [ -f "$READ" ] || "$BIN/python" -c "import sys, functools; from infllava.evaluation.hrvqa.writing import write_turns as w
+from infllava.evaluation.hrvqa.mixture import with_presence_turns as p
+n = int(sys.argv[5])
+print('reading stage: %d records' % w([(sys.argv[1], None), (sys.argv[2], sys.argv[3].split(','))], sys.argv[4], extend=functools.partial(p, n=n) if n else None))" \
       "$DATA/mixture-train.jsonl" "$DATA/train.jsonl" "${READ_KEEP:-shape,color,largest}" "$READ" "${READ_PRESENCE:-0}"
     "$BIN/infllava" train configs/mini/finetune.yaml "${D[@]}" "data.path=$READ" \
       "model.base=$LAST" "train.output_dir=$RUN/stage4-$K" "train.max_steps=$STEPS" train.freeze_mm=true \

@@ -4,6 +4,7 @@ phrasings and styles kept out of training, files, scoring, the command line, and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -31,6 +32,7 @@ from infllava.evaluation.hrvqa.mixture import (
     make_simple_sample,
     make_simple_scene,
     presence_questions,
+    with_presence_turns,
     render_simple_scene,
     write_mixture,
     write_mixture_captions,
@@ -499,7 +501,7 @@ def test_presence_questions_are_true_new_and_training_only():
 
 
 def test_write_turns_puts_more_presence_turns_first(tmp_path):
-    """presence=N: a mixture-train record gets up to N presence turns in front (the image placeholder on the
+    """extend=with_presence_turns(n=N): a mixture-train record gets up to N presence turns in front (the image placeholder on the
     first), its own turns after them unchanged; HR-VQA records stay as they were."""
     from infllava.evaluation.hrvqa.writing import write_turns
 
@@ -510,7 +512,7 @@ def test_write_turns_puts_more_presence_turns_first(tmp_path):
                                 {"from": "gpt", "value": "circle"}]}
     hr.write_text(json.dumps(hr_rec) + "\n")
     out = tmp_path / "turns.jsonl"
-    assert write_turns([(src, None), (hr, None)], out, presence=2) == 6
+    assert write_turns([(src, None), (hr, None)], out, extend=functools.partial(with_presence_turns, n=2)) == 6
     got = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert got["train-0"] == hr_rec
     for r in map(json.loads, src.read_text().splitlines()):

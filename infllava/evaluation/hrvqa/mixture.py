@@ -640,6 +640,26 @@ def presence_questions(split: str, index: int, n: int) -> list[dict[str, Any]]:
     return out
 
 
+def with_presence_turns(rec: dict[str, Any], n: int) -> dict[str, Any]:
+    """A multi-turn mixture-train record (id "mixture-train-INDEX") with up to n more presence turns
+    (`presence_questions`) in front, asked before any answer of the record names a colour or a shape; any
+    other record unchanged. For `writing.write_turns(..., extend=partial(with_presence_turns, n=N))`."""
+    split, _, index = str(rec.get("id", "")).rpartition("-")
+    if split != "mixture-train" or not index.isdigit() or "subtypes" not in rec:
+        return rec
+    extra = presence_questions(split, int(index), n)
+    if not extra:
+        return rec
+    conv = [dict(t) for t in rec["conversations"]]
+    conv[0]["value"] = conv[0]["value"].replace("<image>\n", "")
+    turns = []
+    for j, q in enumerate(extra):
+        turns += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + q["question"] + PROMPT_SUFFIX},
+                  {"from": "gpt", "value": q["answer"]}]
+    return {**rec, "conversations": turns + conv, "kinds": [q["kind"] for q in extra] + rec["kinds"],
+            "subtypes": [q["subtype"] for q in extra] + rec["subtypes"]}
+
+
 # --------------------------------------------------------------------------------------------------
 # Rendering
 

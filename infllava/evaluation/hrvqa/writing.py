@@ -195,33 +195,14 @@ def _kept_turns(rec: dict[str, Any], wanted: set[str] | None, src: str | os.Path
             "kinds": [kinds[i] for i in keep], "subtypes": [subs[i] for i in keep]}
 
 
-def _with_presence(rec: dict[str, Any], n: int) -> dict[str, Any]:
-    """A multi-turn mixture-train record with up to n more presence turns in front (others unchanged)."""
-    from .mixture import presence_questions
-
-    split, _, index = str(rec.get("id", "")).rpartition("-")
-    if split != "mixture-train" or not index.isdigit() or "subtypes" not in rec:
-        return rec
-    extra = presence_questions(split, int(index), n)
-    if not extra:
-        return rec
-    conv = [dict(t) for t in rec["conversations"]]
-    conv[0]["value"] = conv[0]["value"].replace("<image>\n", "")
-    turns = []
-    for j, q in enumerate(extra):
-        turns += [_human(q["question"], j == 0), {"from": "gpt", "value": q["answer"]}]
-    return {**rec, "conversations": turns + conv, "kinds": [q["kind"] for q in extra] + rec["kinds"],
-            "subtypes": [q["subtype"] for q in extra] + rec["subtypes"]}
-
-
 def write_turns(sources: Iterable[tuple[str | os.PathLike, str | Iterable[str] | None]], out: str | os.PathLike,
-                seed: int = 0, presence: int = 0) -> int:
+                seed: int = 0, extend: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> int:
     """Multi-turn training records: every record of each (file, subtypes) source with only the question
     turns of those subtypes (None: all turns; records left without a turn are dropped), all sources
     together shuffled with `seed`; returns how many records were written.
 
-    presence: a mixture-train record (id "mixture-train-INDEX") gets up to that many more presence turns
-    (`mixture.presence_questions`), asked first, before any answer of the record names a colour or a shape.
+    extend: applied to each kept record, e.g. `functools.partial(mixture.with_presence_turns, n=3)`: up to 3
+    more presence turns in front of each mixture-train record.
 
     Why: a record's cost is mostly its image tokens (196), so asking an image all its questions in one
     sequence trains ~4 answers for about the price of one (the mixture's records:
@@ -232,8 +213,8 @@ def write_turns(sources: Iterable[tuple[str | os.PathLike, str | Iterable[str] |
         n = len(rows)
         for rec in load_jsonl(src):
             kept = _kept_turns(rec, wanted, src)
-            if kept is not None and presence:
-                kept = _with_presence(kept, presence)
+            if kept is not None and extend is not None:
+                kept = extend(kept)
             if kept is not None:
                 rows.append(json.dumps(kept) + "\n")
         if len(rows) == n:
