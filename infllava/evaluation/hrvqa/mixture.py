@@ -64,7 +64,7 @@ from PIL import Image, ImageDraw
 from .rendering import _background, _shape_mask
 from .scenes import COLORS, PROMPT_SUFFIX, SHAPES
 from .scoring import iter_questions
-from .writing import write_caption_records, write_samples
+from .writing import _human, write_caption_records, write_samples
 
 __all__ = [
     "MIXTURE_VERSION",
@@ -318,6 +318,12 @@ def _tone(rng: random.Random, tone: str) -> list[int]:
     (s0, s1), (v0, v1) = _TONES[tone]
     rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(s0, s1), rng.uniform(v0, v1))
     return [int(round(255 * c)) for c in rgb]
+
+
+def _contrasting_colors(bg: dict[str, Any]) -> list[str]:
+    """The `MIXTURE_COLORS` that contrast with every tone of the background (presence's absent targets)."""
+    tones = _background_tones(bg)
+    return [c for c in MIXTURE_COLORS if all(_contrasts(t, c) for t in tones)]
 
 
 def _sample_background(rng: random.Random, style: str) -> dict[str, Any]:
@@ -594,8 +600,7 @@ def make_simple_scene(split: str, index: int) -> SimpleScene:
             break
     else:
         raise RuntimeError(f"mixture: no background contrasts with the shapes of {split} {index}")
-    tones = _background_tones(background)
-    colors = [c for c in MIXTURE_COLORS if all(_contrasts(t, c) for t in tones)]
+    colors = _contrasting_colors(background)
     scene = SimpleScene(split=split, index=index, style=style, size=size, canvas=canvas,
                         resample=rng.choice(("nearest", "bilinear")) if upscaled else None,
                         background=background, outlined=style == "outlined", objects=objects, questions=[])
@@ -616,8 +621,7 @@ def presence_questions(split: str, index: int, n: int) -> list[dict[str, Any]]:
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be an integer >= 0, got {n!r}")
     scene = make_simple_scene(split, index)
-    tones = _background_tones(scene.background)
-    colors = [c for c in MIXTURE_COLORS if all(_contrasts(t, c) for t in tones)]
+    colors = _contrasting_colors(scene.background)
     rng = random.Random(f"mixture-presence-{MIXTURE_SPLIT_SEEDS[split]}-{index}")
     asked = {q["meta"]["target"] for q in scene.questions if q["subtype"] == "presence"}
     out: list[dict[str, Any]] = []
@@ -654,8 +658,7 @@ def with_presence_turns(rec: dict[str, Any], n: int) -> dict[str, Any]:
     conv[0]["value"] = conv[0]["value"].replace("<image>\n", "")
     turns = []
     for j, q in enumerate(extra):
-        turns += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + q["question"] + PROMPT_SUFFIX},
-                  {"from": "gpt", "value": q["answer"]}]
+        turns += [_human(q["question"], j == 0), {"from": "gpt", "value": q["answer"]}]
     return {**rec, "conversations": turns + conv, "kinds": [q["kind"] for q in extra] + rec["kinds"],
             "subtypes": [q["subtype"] for q in extra] + rec["subtypes"]}
 
