@@ -525,3 +525,39 @@ def test_write_turns_puts_more_presence_turns_first(tmp_path):
         assert [t["value"] for t in g["conversations"][2 * k:]] == [
             t["value"].replace("<image>\n", "") if j == 0 else t["value"] for j, t in enumerate(r["conversations"])]
         assert sum("<image>" in t["value"] for t in g["conversations"]) == 1
+
+
+def test_simple_breakdown_counts_scenes_styles_and_yes_answers(tmp_path):
+    """experiments/mini_simple_breakdown.py splits a simple-scene score file by scene (one shape or the
+    largest of several, its size) and style group, and counts "yes" answers; a file that is not a
+    simple-scene split is an error naming it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = write_mixture(tmp_path, "generalise", 6)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    truth = {r["id"]: r["conversations"][1]["value"] for r in records}
+    flipped = {i: ("no" if truth[i] == "yes" else "yes") if r["subtype"] == "presence" else truth[i]
+                     for r in records for i in [r["id"]]}
+    (tmp_path / "a.json").write_text(json.dumps({"predictions": truth}))
+    (tmp_path / "b.json").write_text(json.dumps({"predictions": flipped}))
+    script = Path(__file__).parents[1] / "experiments" / "mini_simple_breakdown.py"
+    out = subprocess.run([sys.executable, str(script), f"right={tmp_path / 'a.json'}", f"flip={tmp_path / 'b.json'}",
+                          "--data", str(path)], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "| table | row | right | flip |"
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line.split("|")[3:5] for line in out[2:]}
+    scene_rows = [k for k in rows if k[0] == "by scene"]
+    asked = sum(1 for r in records if r["subtype"] in ("color", "shape"))
+    assert sum(int(rows[k][0].split("/")[1].rstrip(") ")) for k in scene_rows) == asked
+    assert all(rows[k][0].strip().startswith("100.0") for k in rows if k[0] != "presence")
+    presence = [r for r in records if r["subtype"] == "presence"]
+    yes = sum(truth[r["id"]] == "yes" for r in presence)
+    assert rows[("presence", "answers yes")][0].strip() == f"{100 * yes / len(presence):.1f} ({yes}/{len(presence)})"
+    assert rows[("presence", "answers yes")][1].strip().endswith(f"({len(presence) - yes}/{len(presence)})")
+    assert any(rows[k][1].strip().startswith("0.0") for k in rows if "presence" in k[1])
+    hr = tmp_path / "hr.jsonl"
+    hr.write_text(json.dumps({"id": "t-0-0", "kind": "detail", "conversations": []}) + "\n")
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "a.json"), "--data", str(hr)],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "hr.jsonl" in bad.stderr and "simple-scene" in bad.stderr
