@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infllava.evaluation.hrvqa.mixture import HELD_OUT_STYLES, make_simple_scene  # noqa: E402
+from infllava.evaluation.hrvqa.scoring import load_jsonl, normalize_answer  # noqa: E402
 
 
 def _size_band(share: float) -> str:
@@ -36,11 +38,12 @@ def breakdown(records: list[dict], predictions: dict[str, str]) -> dict[str, dic
     """{table: {row: [right, asked]}} over the records that have a prediction."""
     out: dict[str, dict[str, list[int]]] = collections.defaultdict(lambda: collections.defaultdict(lambda: [0, 0]))
     yes = [0, 0, 0]  # answered yes, truly yes, asked
+    scenes = functools.lru_cache(maxsize=None)(make_simple_scene)  # an image's colour and shape questions share it
     for rec in records:
         if rec["id"] not in predictions:
             continue
-        truth = rec["conversations"][1]["value"].strip().lower()
-        guess = predictions[rec["id"]].strip().lower()
+        truth = normalize_answer(rec["conversations"][1]["value"])  # compared as `infllava eval` scores
+        guess = normalize_answer(predictions[rec["id"]])
         right = int(guess == truth)
         sub = rec["subtype"]
         group = "held-out styles" if rec.get("style") in HELD_OUT_STYLES else "train styles"
@@ -48,8 +51,8 @@ def breakdown(records: list[dict], predictions: dict[str, str]) -> dict[str, dic
         cell[0] += right
         cell[1] += 1
         if sub in ("color", "shape"):
-            split, index = rec["id"].rsplit("-", 2)[0], int(rec["id"].rsplit("-", 2)[1])
-            scene = make_simple_scene(split, index)
+            split, index, _ = rec["id"].rsplit("-", 2)
+            scene = scenes(split, int(index))
             largest = max(scene.objects, key=lambda o: o.width * o.height)
             share = largest.width * largest.height / (scene.canvas[0] * scene.canvas[1])
             many = "one shape" if len(scene.objects) == 1 else "several (largest)"
@@ -72,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=".cache/hrvqa/generalise.jsonl", help="the split's question file")
     args = p.parse_args(argv)
     try:
-        records = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
+        records = load_jsonl(args.data)
+    except (OSError, ValueError) as e:
         p.error(f"cannot read the question file {args.data}: {e}")
     if not records or records[0].get("kind") != "simple":
         p.error(f"{args.data} is not a simple-scene split (infllava hrvqa OUT --mixture-val N --generalise N)")

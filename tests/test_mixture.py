@@ -538,8 +538,8 @@ def test_simple_breakdown_counts_scenes_styles_and_yes_answers(tmp_path):
     path = write_mixture(tmp_path, "generalise", 6)
     records = [json.loads(line) for line in path.read_text().splitlines()]
     truth = {r["id"]: r["conversations"][1]["value"] for r in records}
-    flipped = {i: ("no" if truth[i] == "yes" else "yes") if r["subtype"] == "presence" else truth[i]
-                     for r in records for i in [r["id"]]}
+    flip = {"yes": "no", "no": "yes"}
+    flipped = {**truth, **{r["id"]: flip[truth[r["id"]]] for r in records if r["subtype"] == "presence"}}
     (tmp_path / "a.json").write_text(json.dumps({"predictions": truth}))
     (tmp_path / "b.json").write_text(json.dumps({"predictions": flipped}))
     script = Path(__file__).parents[1] / "experiments" / "mini_simple_breakdown.py"
